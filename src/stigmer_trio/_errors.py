@@ -1,0 +1,54 @@
+# The exception hierarchy. Pure: no trio, no I/O. Every error the package raises on purpose is a
+# StigmerError, so an embedding program can catch ours without catching everyone else's.
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._policy import RestartRecord
+
+
+class StigmerError(Exception):
+    """Base class of every error stigmer_trio raises on purpose."""
+
+
+class ConfigError(StigmerError, ValueError):
+    """A configuration value is invalid; the message names the field and the value."""
+
+
+class TemporalUnavailable(StigmerError):
+    """Temporal cannot be reached right now; raised at once instead of waiting."""
+
+
+class StateFileError(StigmerError):
+    """A lock or pid file cannot be used safely (a planted symlink, not a regular file, ...)."""
+
+
+class IdentityMismatch(StigmerError):
+    """Refused to touch a process whose identity (pid + create time + cmdline) is not proven ours."""
+
+
+@attrs.frozen(auto_exc=True)
+class RestartLimitExceeded(StigmerError):
+    """A supervisor gave up: more than `max_restarts` restarts within `window` seconds.
+
+    It is both the exception a supervisor raises to its parent (with the child's last exception as
+    ``__cause__``) and the event record it emits just before.
+    """
+
+    supervisor: str
+    child: str
+    restarts: int
+    window: float | None
+    history: tuple[RestartRecord, ...] = ()
+    error: BaseException | None = None
+
+    def __str__(self) -> str:
+        why = f"{type(self.error).__name__}: {self.error}" if self.error is not None else "it returned"
+        within = f" within {self.window:g} s" if self.window is not None else ""
+        return (
+            f"supervisor {self.supervisor!r} gave up on child {self.child!r} after "
+            f"{self.restarts} restarts{within}; last exit: {why}"
+        )

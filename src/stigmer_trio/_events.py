@@ -1,0 +1,73 @@
+# Event records: frozen, pure data. Every part of the runtime reports what happened by handing one of
+# these to an event hook; logging, metrics, Runtime.events() and the benchmarks all consume the same
+# records, so nobody ever parses a log line. No trio, no I/O here.
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeAlias
+
+import attrs
+
+from ._errors import RestartLimitExceeded
+
+__all__ = [
+    "ChildAbandoned",
+    "ChildExited",
+    "ChildRestartScheduled",
+    "ChildStarted",
+    "Event",
+    "EventHook",
+]
+
+
+@attrs.frozen
+class ChildStarted:
+    """A supervised child called ``task_status.started()``: it is running."""
+
+    name: str
+    supervisor: str
+    restarts: int
+    value: object = None
+
+
+@attrs.frozen
+class ChildExited:
+    """A supervised child ended.
+
+    `error` is what it raised (None when it returned); `ran_for` is seconds since it was spawned;
+    `stopped` is True when the supervisor stopped it (shutdown or a sibling's restart), not on its own.
+    """
+
+    name: str
+    supervisor: str
+    error: BaseException | None
+    ran_for: float
+    stopped: bool = False
+
+
+@attrs.frozen
+class ChildRestartScheduled:
+    """A child will be started again after `delay` seconds.
+
+    `cause` names the child whose exit led to this restart (itself under ONE_FOR_ONE; the failed
+    sibling under ONE_FOR_ALL and REST_FOR_ONE); `attempt` is the cause's attempt number.
+    """
+
+    name: str
+    supervisor: str
+    attempt: int
+    delay: float
+    cause: str
+
+
+@attrs.frozen
+class ChildAbandoned:
+    """A child did not finish within its `shutdown_timeout` after being cancelled; nobody waits for it."""
+
+    name: str
+    supervisor: str
+    shutdown_timeout: float
+
+
+Event: TypeAlias = ChildStarted | ChildExited | ChildRestartScheduled | ChildAbandoned | RestartLimitExceeded
+EventHook: TypeAlias = Callable[[Event], None]
