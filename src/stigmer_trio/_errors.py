@@ -30,6 +30,10 @@ class IdentityMismatch(StigmerError):
     """Refused to touch a process whose identity (pid + create time + cmdline) is not proven ours."""
 
 
+class ProcessStopTimeout(StigmerError, TimeoutError):
+    """A process group was sent SIGKILL but its leader still had not exited after `kill_timeout`."""
+
+
 @attrs.frozen(auto_exc=True)
 class RestartLimitExceeded(StigmerError):
     """A supervisor gave up: more than `max_restarts` restarts within `window` seconds.

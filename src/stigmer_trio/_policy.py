@@ -38,7 +38,7 @@ def _jitter(instance: object, attribute: attrs.Attribute[float], value: Any) -> 
         raise ConfigError(f"{attribute.name} must be in [0, 1), got {value!r}")
 
 
-def _max_restarts(instance: object, attribute: attrs.Attribute[int | None], value: Any) -> None:
+def _max_restarts(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):

@@ -1,0 +1,81 @@
+# The one public door. Rule: this module only re-exports, lazily (module __getattr__), so that
+# `import stigmer_trio` and the CLI's hot paths never import trio or temporalio.
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._errors import (
+        ConfigError,
+        IdentityMismatch,
+        RestartLimitExceeded,
+        StateFileError,
+        StigmerError,
+        TemporalUnavailable,
+    )
+    from ._events import ChildAbandoned, ChildExited, ChildRestartScheduled, ChildStarted, Event, EventHook
+    from ._policy import RestartPolicy, RestartRecord
+    from ._supervisor import ChildSpec, ChildState, ChildStatus, Restart, Strategy, Supervisor
+
+_EXPORTS: dict[str, str] = {
+    "ConfigError": "._errors",
+    "IdentityMismatch": "._errors",
+    "RestartLimitExceeded": "._errors",
+    "StateFileError": "._errors",
+    "StigmerError": "._errors",
+    "TemporalUnavailable": "._errors",
+    "ChildAbandoned": "._events",
+    "ChildExited": "._events",
+    "ChildRestartScheduled": "._events",
+    "ChildStarted": "._events",
+    "Event": "._events",
+    "EventHook": "._events",
+    "RestartPolicy": "._policy",
+    "RestartRecord": "._policy",
+    "ChildSpec": "._supervisor",
+    "ChildState": "._supervisor",
+    "ChildStatus": "._supervisor",
+    "Restart": "._supervisor",
+    "Strategy": "._supervisor",
+    "Supervisor": "._supervisor",
+}
+
+__all__ = [
+    "ChildAbandoned",
+    "ChildExited",
+    "ChildRestartScheduled",
+    "ChildSpec",
+    "ChildStarted",
+    "ChildState",
+    "ChildStatus",
+    "ConfigError",
+    "Event",
+    "EventHook",
+    "IdentityMismatch",
+    "Restart",
+    "RestartLimitExceeded",
+    "RestartPolicy",
+    "RestartRecord",
+    "StateFileError",
+    "StigmerError",
+    "Strategy",
+    "Supervisor",
+    "TemporalUnavailable",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
