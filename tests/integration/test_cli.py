@@ -1,0 +1,88 @@
+"""The command line as a user runs it: a real interpreter in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from stigmer_trio import __version__
+
+pytestmark = pytest.mark.integration
+
+HEAVY = ("trio", "trio_asyncio", "temporalio")
+
+
+def run(*args: str, code: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", "stigmer_trio", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+class TestCli:
+    def test_help(self) -> None:
+        """--help lists the commands and exits 0."""
+        result = run("--help")
+        assert 0 == result.returncode
+        for command in ("up", "stop", "restart", "status"):
+            assert command in result.stdout
+
+    def test_version(self) -> None:
+        """--version prints the package version."""
+        result = run("--version")
+        assert (0, f"stigmer_trio {__version__}\n") == (result.returncode, result.stdout)
+
+    def test_console_script(self) -> None:
+        """The stigmer-trio script installed next to the interpreter does the same."""
+        script = shutil.which("stigmer-trio", path=os.path.dirname(sys.executable))
+        assert script is not None
+        result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60, check=False)
+        assert (0, f"stigmer_trio {__version__}\n") == (result.returncode, result.stdout)
+
+    def test_up_says_plainly_it_is_not_implemented(self) -> None:
+        """Until the dev-server issue lands, `up` fails honestly: non-zero and a clear sentence."""
+        result = run("up")
+        assert 1 == result.returncode
+        assert "'up' is not implemented yet" in result.stderr
+        assert "" == result.stdout
+
+    @pytest.mark.parametrize("args", [("--bogus",), ("up", "--nope"), ("frobnicate",)])
+    def test_bad_usage_is_one_line_and_exit_2(self, args: tuple[str, ...]) -> None:
+        """A user mistake gets one line on stderr, exit code 2 and no traceback."""
+        result = run(*args)
+        assert 2 == result.returncode
+        assert 1 == len(result.stderr.splitlines()), result.stderr
+        assert "Traceback" not in result.stderr
+
+
+class TestCheapImport:
+    def test_import_does_not_load_trio_or_temporalio(self) -> None:
+        """`import stigmer_trio` stays cheap: neither trio nor temporalio is imported."""
+        code = f"import sys, stigmer_trio; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+        result = run(code=code)
+        assert (0, "[]\n") == (result.returncode, result.stdout)
+
+    def test_help_does_not_load_trio_or_temporalio(self) -> None:
+        """`python -m stigmer_trio --help` answers without importing trio or temporalio."""
+        code = textwrap.dedent(
+            f"""
+            import runpy, sys
+            sys.argv = ["stigmer_trio", "--help"]
+            try:
+                runpy.run_module("stigmer_trio", run_name="__main__")
+            except SystemExit as exit:
+                assert exit.code == 0, exit.code
+            print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)
+            """
+        )
+        result = run(code=code)
+        assert (0, "[]\n") == (result.returncode, result.stderr)
+
+    def test_public_name_loads_on_first_use(self) -> None:
+        """Touching a public name imports its module then, not before."""
+        code = "import sys, stigmer_trio; stigmer_trio.Supervisor; print('trio' in sys.modules)"
+        result = run(code=code)
+        assert (0, "True\n") == (result.returncode, result.stdout)
