@@ -18,7 +18,9 @@ HEAVY = ("trio", "trio_asyncio", "temporalio")
 
 
 def run(*args: str, code: str | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", "stigmer_trio", *args]
+    command = (
+        [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", "stigmer_trio", *args]
+    )
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -39,7 +41,9 @@ class TestCli:
         """The stigmer-trio script installed next to the interpreter does the same."""
         script = shutil.which("stigmer-trio", path=os.path.dirname(sys.executable))
         assert script is not None
-        result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [script, "--version"], capture_output=True, text=True, timeout=60, check=False
+        )
         assert (0, f"stigmer_trio {__version__}\n") == (result.returncode, result.stdout)
 
     def test_up_says_plainly_it_is_not_implemented(self) -> None:

@@ -1,0 +1,400 @@
+# Process identity and process-group stop. Owns: proving that a pid is still the process we started
+# (pid + create time + cmdline, via psutil) and stopping that process's whole group: SIGTERM, SIGKILL
+# after a timeout, then SIGKILL for stragglers left in the group. Must never: send a signal before the
+# identity is proven against a pidfd held open (PID reuse), signal our own process group, leave a group
+# running when a stop is cancelled, or import trio at module level (the async variant imports it lazily).
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+import os
+import select
+import signal
+import time
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from typing import Any, Final, TypeAlias
+
+import attrs
+import psutil
+
+from ._errors import ConfigError, IdentityMismatch, ProcessStopTimeout
+from ._statefiles import PidRecord
+
+__all__ = [
+    "ProcessIdentity",
+    "StopOutcome",
+    "StopResult",
+    "Verdict",
+    "identity_of",
+    "stop_process_group",
+    "stop_process_group_async",
+    "verify",
+]
+
+# psutil derives create_time from clock ticks (1/100 s on Linux).
+_CREATE_TIME_TOLERANCE: Final = 0.01
+# A straggler may fork while we sweep; rescan until a round finds nobody new (bounded).
+_SWEEP_ROUNDS: Final = 5
+# Between close-on-exec (when Popen returns) and the new argv being mapped, /proc/<pid>/cmdline is empty.
+_EXEC_SETTLE: Final = 0.05
+
+
+def _positive_pid(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{attribute.name} must be a positive int, got {value!r}")
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class ProcessIdentity:
+    """Who a process is: a pid alone can be reused, pid + create time + cmdline cannot (in practice)."""
+
+    pid: int = attrs.field(validator=_positive_pid)
+    create_time: float
+    cmdline: tuple[str, ...] = attrs.field(converter=_str_tuple)
+
+    @classmethod
+    def of_record(cls, record: PidRecord) -> ProcessIdentity:
+        """The identity a pid file claims."""
+        return cls(pid=record.pid, create_time=record.create_time, cmdline=record.cmdline)
+
+    def to_pid_record(
+        self, *, started_at: float | None = None, extra: Mapping[str, Any] | None = None
+    ) -> PidRecord:
+        """A pid-file record for this identity (`started_at` defaults to now, wall clock)."""
+        return PidRecord(
+            pid=self.pid,
+            create_time=self.create_time,
+            cmdline=self.cmdline,
+            started_at=time.time() if started_at is None else started_at,
+            extra={} if extra is None else extra,
+        )
+
+
+def _as_identity(identity: ProcessIdentity | PidRecord) -> ProcessIdentity:
+    return identity if isinstance(identity, ProcessIdentity) else ProcessIdentity.of_record(identity)
+
+
+def _read_identity(pid: int) -> ProcessIdentity | None:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return ProcessIdentity(pid=pid, create_time=proc.create_time(), cmdline=tuple(proc.cmdline()))
+    except psutil.Error:
+        return None
+
+
+def identity_of(pid: int) -> ProcessIdentity | None:
+    """The identity of the live process `pid`; None if it is gone, a zombie, or not readable by us.
+
+    Take it after the child has exec'd (subprocess.Popen and trio's open_process return once the exec
+    has begun). During the exec itself the kernel briefly shows an empty cmdline; an empty cmdline is
+    therefore re-read for up to 50 ms (blocking) before it is believed.
+    """
+    if isinstance(pid, bool) or pid <= 0:
+        return None
+    deadline = time.monotonic() + _EXEC_SETTLE
+    while True:
+        identity = _read_identity(pid)
+        if identity is None or identity.cmdline or time.monotonic() >= deadline:
+            return identity
+        time.sleep(0.001)
+
+
+class Verdict(enum.Enum):
+    """What `verify` found at the identity's pid."""
+
+    SAME = "same"  # alive, same create time and cmdline: it is the process we started
+    DEAD = "dead"  # no such process, or a zombie
+    OTHER = "other"  # alive but someone else (PID reuse, or a different cmdline)
+    UNVERIFIABLE = "unverifiable"  # alive but psutil was denied access
+
+
+def verify(identity: ProcessIdentity | PidRecord) -> Verdict:
+    """Check whether the identity's pid is still that very process."""
+    expected = _as_identity(identity)
+    try:
+        proc = psutil.Process(expected.pid)
+        with proc.oneshot():
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return Verdict.DEAD
+            if abs(proc.create_time() - expected.create_time) > _CREATE_TIME_TOLERANCE:
+                return Verdict.OTHER
+            cmdline = tuple(proc.cmdline())
+    except psutil.NoSuchProcess:  # includes psutil.ZombieProcess
+        return Verdict.DEAD
+    except psutil.AccessDenied:
+        return Verdict.UNVERIFIABLE
+    return Verdict.SAME if cmdline == expected.cmdline else Verdict.OTHER
+
+
+class StopOutcome(enum.Enum):
+    TERMINATED = "terminated"  # the leader exited after SIGTERM
+    KILLED = "killed"  # the leader ignored SIGTERM for `timeout` seconds and was SIGKILLed
+    ALREADY_GONE = "already_gone"  # nothing to stop: the process had already exited
+
+
+@attrs.frozen
+class StopResult:
+    outcome: StopOutcome
+    elapsed: float  # seconds, from the call to the end of the stop
+
+
+# --- the stop itself ---------------------------------------------------------------------------------
+# The steps live in one generator shared by the sync and the async variant: it does every check and
+# every signal itself and only yields "wait until these pidfds are readable, at most this long"; the
+# caller answers True (all readable) or False (timed out). The sync driver waits with select.poll, the
+# async one with trio.lowlevel.wait_readable. If the wait raises (cancellation, KeyboardInterrupt), the
+# driver throws the exception into the generator, which SIGKILLs the group before it propagates.
+
+_Wait: TypeAlias = tuple[tuple[int, ...], float]
+
+
+def _check_timeout(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _is_readable(fd: int) -> bool:
+    """A pidfd polls readable once its process has exited (a zombie counts as exited)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _open_verified_leader(identity: ProcessIdentity) -> int | None:
+    """A pidfd on the identity's process once it is proven to be ours and a group leader; None if gone.
+
+    The pidfd is opened first and checked to be still unreadable (alive) after the checks, so the pid
+    cannot have been reused in between: every check describes the process the pidfd refers to.
+    """
+    pid = identity.pid
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    try:
+        verdict = verify(identity)
+        try:
+            pgid: int | None = os.getpgid(pid)
+        except ProcessLookupError:
+            pgid = None
+        if verdict is Verdict.DEAD or _is_readable(pidfd):
+            os.close(pidfd)  # whatever the verdict, the process the pid named when we started is gone
+            return None
+        if verdict is not Verdict.SAME:
+            raise IdentityMismatch(
+                f"refusing to stop pid {pid}: verdict {verdict.name} (expected create_time "
+                f"{identity.create_time:.2f} and cmdline {list(identity.cmdline)!r}); no signal was sent"
+            )
+        if pgid != pid:
+            raise IdentityMismatch(
+                f"refusing to stop pid {pid}: it is not a process-group leader (pgid {pgid}); "
+                "no signal was sent"
+            )
+        if pgid == os.getpgrp():
+            raise IdentityMismatch(f"refusing to stop pid {pid}: it leads our own process group")
+    except BaseException:
+        os.close(pidfd)
+        raise
+    return pidfd
+
+
+def _signal_group(pgid: int, leader_pidfd: int, sig: signal.Signals) -> None:
+    """killpg, but only while the leader is alive (while it lives, its pgid cannot name anyone else)."""
+    if _is_readable(leader_pidfd):
+        return  # the leader is gone: the straggler sweep handles what is left of the group
+    with contextlib.suppress(ProcessLookupError):  # the group died on its own meanwhile
+        os.killpg(pgid, sig)
+
+
+def _pidfd_of_member(pid: int, pgid: int, not_before: float) -> int | None:
+    """A pidfd on `pid` if it is a live member of group `pgid` created no earlier than `not_before`."""
+    try:
+        if os.getpgid(pid) != pgid:  # cheap prefilter, no /proc parsing
+            return None
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            member = (
+                os.getpgid(pid) == pgid
+                and proc.status() != psutil.STATUS_ZOMBIE
+                and proc.create_time() >= not_before - _CREATE_TIME_TOLERANCE
+            )
+        if member and not _is_readable(fd):  # still alive: the checks above were about this process
+            return fd
+    except (psutil.Error, OSError):
+        pass
+    os.close(fd)
+    return None
+
+
+def _kill_stragglers(pgid: int, not_before: float) -> list[int]:
+    """SIGKILL the live processes left in group `pgid` and return their pidfds (the caller closes them).
+
+    Only processes whose create time is not before the leader's are touched. The pid `pgid` itself is
+    skipped: the leader has exited, so a live process with that pid is not ours.
+    """
+    signalled: dict[int, int] = {}
+    try:
+        for _ in range(_SWEEP_ROUNDS):
+            found = False
+            for pid in psutil.pids():
+                if pid == pgid or pid in signalled:
+                    continue
+                fd = _pidfd_of_member(pid, pgid, not_before)
+                if fd is None:
+                    continue
+                signalled[pid] = fd
+                found = True
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+            if not found:
+                break
+    except BaseException:
+        for fd in signalled.values():
+            os.close(fd)
+        raise
+    return list(signalled.values())
+
+
+def _reap(pidfd: int) -> None:
+    """Reap the leader if it is our own exited child (via the pidfd, so never a recycled pid)."""
+    with contextlib.suppress(ChildProcessError):  # not our child: its own parent reaps it
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+
+
+def _stop_steps(
+    identity: ProcessIdentity, timeout: float, kill_timeout: float
+) -> Generator[_Wait, bool, StopResult]:
+    started = time.monotonic()
+    pidfd = _open_verified_leader(identity)
+    if pidfd is None:
+        return StopResult(StopOutcome.ALREADY_GONE, time.monotonic() - started)
+    pgid = identity.pid
+    try:
+        try:
+            outcome = StopOutcome.TERMINATED
+            _signal_group(pgid, pidfd, signal.SIGTERM)
+            if not (yield (pidfd,), timeout):
+                outcome = StopOutcome.KILLED
+                _signal_group(pgid, pidfd, signal.SIGKILL)
+                if not (yield (pidfd,), kill_timeout):
+                    raise ProcessStopTimeout(
+                        f"pid {identity.pid} was sent SIGKILL but had not exited after {kill_timeout:g} s"
+                    )
+            # Swept before the leader is reaped: while our child's zombie exists its pgid stays taken.
+            stragglers = _kill_stragglers(pgid, identity.create_time)
+            try:
+                if stragglers:
+                    yield tuple(stragglers), kill_timeout
+            finally:
+                for fd in stragglers:
+                    os.close(fd)
+        except BaseException:
+            # Cancelled or interrupted while waiting (or stuck): never leave the group running.
+            _signal_group(pgid, pidfd, signal.SIGKILL)
+            for fd in _kill_stragglers(pgid, identity.create_time):
+                os.close(fd)
+            raise
+    finally:
+        _reap(pidfd)
+        os.close(pidfd)
+    return StopResult(outcome, time.monotonic() - started)
+
+
+def _wait_readable(fds: Sequence[int], timeout: float) -> bool:
+    """Block until every fd polls readable (True) or `timeout` seconds pass (False)."""
+    poller = select.poll()
+    pending = set(fds)
+    for fd in pending:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+        for fd, _events in poller.poll(remaining_ms):
+            pending.discard(fd)
+            poller.unregister(fd)
+        if not pending:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def stop_process_group(
+    identity: ProcessIdentity | PidRecord, *, timeout: float, kill_timeout: float = 5.0
+) -> StopResult:
+    """Stop the process group led by `identity`: SIGTERM, then SIGKILL after `timeout` s, then stragglers.
+
+    Raises IdentityMismatch (sending no signal) unless the pid is provably that process and leads its
+    own group; ProcessStopTimeout if the leader survives SIGKILL for `kill_timeout` s.
+    """
+    steps = _stop_steps(
+        _as_identity(identity),
+        _check_timeout("timeout", timeout),
+        _check_timeout("kill_timeout", kill_timeout),
+    )
+    try:
+        fds, wait_for = next(steps)
+        while True:
+            try:
+                ready = _wait_readable(fds, wait_for)
+            except BaseException as exc:
+                steps.throw(exc)  # kills the group, then re-raises exc
+                raise
+            fds, wait_for = steps.send(ready)
+    except StopIteration as done:
+        result: StopResult = done.value
+        return result
+
+
+async def _wait_readable_trio(fds: Sequence[int], seconds: float) -> bool:
+    import trio
+
+    with trio.move_on_after(seconds):
+        for fd in fds:
+            await trio.lowlevel.wait_readable(fd)
+        return True
+    return False
+
+
+async def stop_process_group_async(
+    identity: ProcessIdentity | PidRecord,
+    *,
+    timeout: float,  # noqa: ASYNC109 -- the SIGTERM grace period, not a deadline for this call
+    kill_timeout: float = 5.0,
+) -> StopResult:
+    """Trio variant of `stop_process_group`; if cancelled while waiting, it SIGKILLs the group first."""
+    import trio
+
+    steps = _stop_steps(
+        _as_identity(identity),
+        _check_timeout("timeout", timeout),
+        _check_timeout("kill_timeout", kill_timeout),
+    )
+    try:
+        try:
+            fds, wait_for = next(steps)
+        except StopIteration:
+            await trio.lowlevel.checkpoint()  # nothing was waited for: still honour the checkpoint contract
+            raise
+        while True:
+            try:
+                ready = await _wait_readable_trio(fds, wait_for)
+            except BaseException as exc:
+                steps.throw(exc)  # kills the group, then re-raises exc
+                raise
+            fds, wait_for = steps.send(ready)
+    except StopIteration as done:
+        result: StopResult = done.value
+        return result

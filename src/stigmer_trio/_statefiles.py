@@ -1,0 +1,345 @@
+# Lock files and pid files in the state directory. Owns: creating the state dir (0700), the flock-based
+# FileLock, atomic pid-file writes and tolerant pid-file reads. Must never: follow a symlink planted at a
+# lock or pid path, delete a lock file (the OS frees a dead holder's lock; unlinking would let two
+# processes lock two different inodes), raise on a corrupt pid file (it reads as None), or import trio
+# (the CLI's hot paths use this module without it).
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Final, Self, TypeGuard
+
+import attrs
+
+from ._errors import ConfigError, StateFileError
+
+__all__ = [
+    "FileLock",
+    "PidRecord",
+    "ensure_state_dir",
+    "lock_is_held",
+    "read_pid_file",
+    "remove_pid_file",
+    "write_pid_file",
+]
+
+_StrPath = str | os.PathLike[str]
+
+_FILE_MODE: Final = 0o600
+_DIR_MODE: Final = 0o700
+# A pid file is a few hundred bytes; anything much bigger was not written by us.
+_MAX_PID_FILE_SIZE: Final = 1 << 20
+_RECORD_KEYS: Final = frozenset({"pid", "create_time", "cmdline", "started_at"})
+
+
+def _chmod_created_dir(directory: Path, created: Path) -> None:
+    # mkdir's mode is filtered through the umask; make the result independent of it, through an fd
+    # opened with O_NOFOLLOW so that a directory swapped for a symlink meanwhile is not followed.
+    try:
+        fd = os.open(created, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, _DIR_MODE)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ConfigError(f"state_dir {str(directory)!r} cannot be created: {exc}") from exc
+
+
+def ensure_state_dir(path: _StrPath) -> Path:
+    """Create `path` (and missing parents) with mode 0700 and check it is a writable directory."""
+    directory = Path(path)
+    missing: list[Path] = []
+    for candidate in (directory, *directory.parents):
+        if os.path.lexists(candidate):
+            break
+        missing.append(candidate)
+    for candidate in reversed(missing):
+        try:
+            candidate.mkdir(mode=_DIR_MODE)
+        except FileExistsError:
+            continue  # created concurrently; checked below like any existing directory
+        except OSError as exc:
+            raise ConfigError(f"state_dir {str(directory)!r} cannot be created: {exc}") from exc
+        _chmod_created_dir(directory, candidate)
+    if not directory.is_dir():
+        raise ConfigError(f"state_dir {str(directory)!r} is not a directory")
+    _probe_writable(directory)
+    return directory
+
+
+def _probe_writable(directory: Path) -> None:
+    """Create and remove a file: os.access() says yes to root even where writes fail (sysfs, ro mounts)."""
+    probe = directory / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
+    except OSError as exc:
+        raise ConfigError(f"state_dir {str(directory)!r} is not writable: {exc.strerror}") from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _refuse(path: Path, exc: OSError, what: str) -> StateFileError:
+    if exc.errno == errno.ELOOP:
+        return StateFileError(
+            f"refusing to open {what} {str(path)!r}: it is a symlink (ELOOP); "
+            "remove it, a state file must be a regular file"
+        )
+    return StateFileError(f"cannot use {what} {str(path)!r}: {exc}")
+
+
+def _open_regular(path: Path, flags: int, what: str, mode: int = _FILE_MODE) -> int:
+    """os.open with O_NOFOLLOW|O_CLOEXEC; a symlink or a non-regular file is a StateFileError."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR):
+            raise _refuse(path, exc, what) from exc
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StateFileError(f"refusing to use {what} {str(path)!r}: it is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class FileLock:
+    """An exclusive, non-blocking flock(2) on a lock file.
+
+    The lock belongs to the open file description, so a second FileLock on the same path in the same
+    process does not get it, and a child that inherits `fileno()` keeps holding it after we `release()`
+    (release closes our fd without LOCK_UN, so a handed-over lock is never dropped behind the child's
+    back). The OS drops the lock when the last holder dies; the file itself is never deleted.
+    """
+
+    def __init__(self, path: _StrPath) -> None:
+        self._path = Path(path)
+        self._fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def fileno(self) -> int:
+        """The locked file descriptor (close-on-exec; pass it explicitly to hand the lock to a child)."""
+        if self._fd is None:
+            raise ValueError(f"lock {str(self._path)!r} is not held")
+        return self._fd
+
+    def acquire(self) -> bool:
+        """Try once to take the lock: True if we hold it now (or already did), False if someone else does."""
+        if self._fd is not None:
+            return True
+        fd = _open_regular(self._path, os.O_RDWR | os.O_CREAT, "lock file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Close our descriptor (idempotent). The lock is freed unless a child inherited the fd."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        if not self.acquire():
+            raise StateFileError(f"lock file {str(self._path)!r} is held by another process")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"FileLock({str(self._path)!r}, held={self.held})"
+
+
+def lock_is_held(path: _StrPath) -> bool:
+    """Probe whether someone holds the lock at `path` (a missing file is not held; nothing is created).
+
+    The probe takes and drops the lock on a fresh descriptor, so an acquire() racing with it may see a
+    spurious False; use it for status reports, not for deciding who owns the lock.
+    """
+    lock_path = Path(path)
+    try:
+        fd = _open_regular(lock_path, os.O_RDONLY | os.O_NONBLOCK, "lock file")
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing also drops the lock if the probe took it
+    return False
+
+
+def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _no_reserved_keys(instance: object, attribute: attrs.Attribute[Any], value: Mapping[str, Any]) -> None:
+    bad = sorted(key for key in value if not isinstance(key, str) or key in _RECORD_KEYS)
+    if bad:
+        raise ValueError(f"PidRecord.extra keys must be strings other than {sorted(_RECORD_KEYS)}: {bad!r}")
+
+
+@attrs.frozen
+class PidRecord:
+    """What a pid file says: the process identity, when it started, and free-form extra keys."""
+
+    pid: int
+    create_time: float
+    cmdline: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    started_at: float
+    extra: Mapping[str, Any] = attrs.field(
+        factory=dict, converter=_frozen_mapping, validator=_no_reserved_keys, hash=False
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat JSON object stored in the file: {pid, create_time, cmdline, started_at, **extra}."""
+        return {
+            "pid": self.pid,
+            "create_time": self.create_time,
+            "cmdline": list(self.cmdline),
+            "started_at": self.started_at,
+            **self.extra,
+        }
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # some filesystems cannot fsync a directory
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_pid_file(path: _StrPath, record: PidRecord) -> None:
+    """Atomically replace the pid file at `path` (temp file + fsync + rename + directory fsync)."""
+    target = Path(path)
+    try:
+        existing = os.lstat(target)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISLNK(existing.st_mode):
+            raise StateFileError(f"refusing to write pid file {str(target)!r}: it is a symlink")
+        if not stat.S_ISREG(existing.st_mode):
+            raise StateFileError(f"refusing to write pid file {str(target)!r}: it is not a regular file")
+    # Serialise first: a bad extra value fails before anything touches the disk.
+    data = json.dumps(record.to_json(), allow_nan=False).encode() + b"\n"
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        try:
+            os.fchmod(fd, _FILE_MODE)  # independent of the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # rename(2) replaces a symlink planted since the check above; it never writes through it.
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse(data: bytes) -> PidRecord | None:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    if not isinstance(obj, dict):
+        return None
+    pid = obj.get("pid")
+    create_time = obj.get("create_time")
+    cmdline = obj.get("cmdline")
+    started_at = obj.get("started_at")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    if not _is_number(create_time) or not _is_number(started_at):
+        return None
+    if not isinstance(cmdline, list) or not all(isinstance(arg, str) for arg in cmdline):
+        return None
+    extra = {key: value for key, value in obj.items() if key not in _RECORD_KEYS}
+    return PidRecord(
+        pid=pid, create_time=float(create_time), cmdline=cmdline, started_at=float(started_at), extra=extra
+    )
+
+
+def read_pid_file(path: _StrPath) -> PidRecord | None:
+    """Read a pid file; a missing file or corrupt content gives None.
+
+    A symlink, a non-regular file or an unreadable file is a StateFileError.
+    """
+    source = Path(path)
+    try:
+        # O_NONBLOCK: a FIFO planted at the path must not hang the open; fstat then rejects it.
+        fd = _open_regular(source, os.O_RDONLY | os.O_NONBLOCK, "pid file")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise _refuse(source, exc, "pid file") from exc
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        while size <= _MAX_PID_FILE_SIZE:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > _MAX_PID_FILE_SIZE:
+        return None
+    return _parse(b"".join(chunks))
+
+
+def remove_pid_file(path: _StrPath) -> None:
+    """Unlink the pid file; a missing file is fine (a symlink is removed, never its target)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
