@@ -28,7 +28,8 @@ IMMEDIATE = RestartPolicy(initial_delay=0.0, backoff=0.0, jitter=0.0, max_restar
 def summary(name: str, samples_s: list[float], floor: str) -> str:
     ms = sorted(s * 1000 for s in samples_s)
     p90 = ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))]
-    return f"| {name} | {len(ms)} | {ms[0]:.2f} | {statistics.median(ms):.2f} | {p90:.2f} | {ms[-1]:.2f} | {floor} |"
+    cells = [name, str(len(ms)), *(f"{v:.2f}" for v in (ms[0], statistics.median(ms), p90, ms[-1])), floor]
+    return "| " + " | ".join(cells) + " |"
 
 
 async def task_restart(rounds: int) -> list[float]:
