@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import attrs
-
 if TYPE_CHECKING:
     from ._policy import RestartRecord
 
@@ -34,20 +32,39 @@ class ProcessStopTimeout(StigmerError, TimeoutError):
     """A process group was sent SIGKILL but its leader still had not exited after `kill_timeout`."""
 
 
-@attrs.frozen(auto_exc=True)
 class RestartLimitExceeded(StigmerError):
     """A supervisor gave up: more than `max_restarts` restarts within `window` seconds.
 
     It is both the exception a supervisor raises to its parent (with the child's last exception as
-    ``__cause__``) and the event record it emits just before.
+    ``__cause__``) and the event record it emits just before. A plain class rather than attrs: this
+    module is imported by the CLI's hot paths, which stay stdlib only.
     """
 
-    supervisor: str
-    child: str
-    restarts: int
-    window: float | None
-    history: tuple[RestartRecord, ...] = ()
-    error: BaseException | None = None
+    __slots__ = ("child", "error", "history", "restarts", "supervisor", "window")
+
+    def __init__(
+        self,
+        *,
+        supervisor: str,
+        child: str,
+        restarts: int,
+        window: float | None,
+        history: tuple[RestartRecord, ...] = (),
+        error: BaseException | None = None,
+    ) -> None:
+        super().__init__(supervisor, child, restarts)
+        self.supervisor = supervisor
+        self.child = child
+        self.restarts = restarts
+        self.window = window
+        self.history = history
+        self.error = error
+
+    def __repr__(self) -> str:
+        return (
+            f"RestartLimitExceeded(supervisor={self.supervisor!r}, child={self.child!r}, "
+            f"restarts={self.restarts!r}, window={self.window!r}, error={self.error!r})"
+        )
 
     def __str__(self) -> str:
         why = f"{type(self.error).__name__}: {self.error}" if self.error is not None else "it returned"

@@ -6,19 +6,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
 import math
 import os
-import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self, TypeGuard
-
-import attrs
 
 from ._errors import ConfigError, StateFileError
 
@@ -78,7 +76,7 @@ def ensure_state_dir(path: _StrPath) -> Path:
 
 def _probe_writable(directory: Path) -> None:
     """Create and remove a file: os.access() says yes to root even where writes fail (sysfs, ro mounts)."""
-    probe = directory / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    probe = directory / f".write-probe-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
     except OSError as exc:
@@ -209,23 +207,27 @@ def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _no_reserved_keys(instance: object, attribute: attrs.Attribute[Any], value: Mapping[str, Any]) -> None:
-    bad = sorted(key for key in value if not isinstance(key, str) or key in _RECORD_KEYS)
-    if bad:
-        raise ValueError(f"PidRecord.extra keys must be strings other than {sorted(_RECORD_KEYS)}: {bad!r}")
-
-
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class PidRecord:
-    """What a pid file says: the process identity, when it started, and free-form extra keys."""
+    """What a pid file says: the process identity, when it started, and free-form extra keys.
+
+    A stdlib dataclass (not attrs): the CLI's hot paths read pid files and must import little.
+    """
 
     pid: int
     create_time: float
-    cmdline: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    cmdline: tuple[str, ...]
     started_at: float
-    extra: Mapping[str, Any] = attrs.field(
-        factory=dict, converter=_frozen_mapping, validator=_no_reserved_keys, hash=False
-    )
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cmdline", _str_tuple(self.cmdline))
+        object.__setattr__(self, "extra", _frozen_mapping(self.extra))
+        bad = sorted(key for key in self.extra if not isinstance(key, str) or key in _RECORD_KEYS)
+        if bad:
+            raise ValueError(
+                f"PidRecord.extra keys must be strings other than {sorted(_RECORD_KEYS)}: {bad!r}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         """The flat JSON object stored in the file: {pid, create_time, cmdline, started_at, **extra}."""
@@ -263,7 +265,7 @@ def write_pid_file(path: _StrPath, record: PidRecord) -> None:
             raise StateFileError(f"refusing to write pid file {str(target)!r}: it is not a regular file")
     # Serialise first: a bad extra value fails before anything touches the disk.
     data = json.dumps(record.to_json(), allow_nan=False).encode() + b"\n"
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    temp = target.with_name(f".{target.name}.{os.urandom(8).hex()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
     try:
         try:
@@ -306,7 +308,11 @@ def _parse(data: bytes) -> PidRecord | None:
         return None
     extra = {key: value for key, value in obj.items() if key not in _RECORD_KEYS}
     return PidRecord(
-        pid=pid, create_time=float(create_time), cmdline=cmdline, started_at=float(started_at), extra=extra
+        pid=pid,
+        create_time=float(create_time),
+        cmdline=tuple(cmdline),
+        started_at=float(started_at),
+        extra=extra,
     )
 
 
