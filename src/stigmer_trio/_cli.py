@@ -1,61 +1,487 @@
 # The command line: argparse, exit codes and output. Rule: the only module that touches argv, the
-# environment and stdout/stderr. Its hot paths (--help, --version, and later status / up-when-running /
-# stop-when-idle) are stdlib only: trio and temporalio are imported inside the commands that need them.
+# environment and stdout/stderr. Its hot paths (--help, --version, `status`, `up` when a daemon already
+# runs, `stop` when nothing runs) are stdlib only: trio, temporalio, attrs and psutil are imported
+# inside the code paths that really start or stop something.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
+from ._statefiles import (
+    PidRecord,
+    default_state_dir,
+    lock_is_held,
+    read_pid_file,
+    remove_pid_file,
+)
 from ._version import __version__
 
 PROG = "stigmer_trio"
 
-# LSB-style exit codes used across the CLI.
+# Exit codes. status follows LSB: 0 running and ready, 1 running but not ready, 3 not running.
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+
+NOTIFY_ENV = "STIGMER_TRIO_INTERNAL_NOTIFY_FD"
+DETACH_WAIT = 180.0  # seconds `up --detach` waits for the daemon's verdict
+
+
+class UsageError(Exception):
+    """A user mistake: one line on stderr, exit code 2, nothing touched."""
 
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr and exit code 2 (no usage dump)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{PROG} --help')\n")
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{PROG} --help')\n")
+
+
+def _add_location(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (flags > environment > file)")
+    parser.add_argument("--state-dir", metavar="DIR", help="lock, pid, db and log files (default: XDG state)")
+
+
+def _add_up_options(parser: argparse.ArgumentParser) -> None:
+    _add_location(parser)
+    parser.add_argument("--detach", action="store_true", help="run the daemon in the background")
+    parser.add_argument("--port", type=int, metavar="N", help="dev server gRPC port on 127.0.0.1 (7233)")
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="namespace to create (repeatable)",
+    )
+    parser.add_argument("--binary", metavar="PATH", help="the temporal executable (default: next to python)")
+    parser.add_argument(
+        "--start-timeout", type=float, metavar="S", help="seconds a server may take to be ready"
+    )
+    parser.add_argument(
+        "--in-memory",
+        action="store_const",
+        const=False,
+        dest="persist",
+        help="no db file: state dies with it",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description=(
-            "Keep a Temporal stack alive: a supervised, persistent local Temporal dev server, "
-            "a healthy client connection and restarted workers, under one Trio supervision tree."
+            "Keep a Temporal stack alive: a supervised, persistent local Temporal dev server under one "
+            "Trio supervision tree."
         ),
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.add_parser("up", help="start the runtime (the supervised Temporal dev server)")
-    commands.add_parser("stop", help="stop the runtime and its dev server")
-    commands.add_parser("restart", help="stop, then start the runtime in the background")
-    commands.add_parser("status", help="report whether the runtime is running and ready")
+    _add_up_options(commands.add_parser("up", help="start the runtime (foreground unless --detach)"))
+    stop = commands.add_parser("stop", help="stop the runtime and its dev server")
+    _add_location(stop)
+    stop.add_argument("--timeout", type=float, default=15.0, metavar="S", help="graceful stop budget (15)")
+    restart = commands.add_parser("restart", help="stop, then start the runtime in the background")
+    _add_up_options(restart)
+    status = commands.add_parser("status", help="is the runtime running and ready? (exit 0 / 1 / 3)")
+    _add_location(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
-def _not_implemented(command: str) -> int:
-    print(
-        f"{PROG}: '{command}' is not implemented yet: the dev-server supervisor and daemon come next "
-        "(this release has the supervision core only); nothing was started",
-        file=sys.stderr,
-    )
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# --- configuration (stdlib part: enough for the hot paths) ----------------------------------------------
+def _load_toml(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise UsageError(f"config file {path!r} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path!r} is not valid TOML: {exc}") from None
+
+
+def _state_dir(args: argparse.Namespace, env: Mapping[str, str], file: Mapping[str, Any]) -> Path:
+    raw = args.state_dir or env.get("STIGMER_TRIO_STATE_DIR") or file.get("state_dir")
+    if raw is None:
+        return default_state_dir(env)
+    if not isinstance(raw, str) or not raw:
+        raise UsageError(f"state_dir must be a path, got {raw!r}")
+    path = Path(raw).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"state_dir {str(path)!r} is not a directory")
+    return path
+
+
+def _record(state_dir: Path, name: str) -> PidRecord | None:
+    try:
+        return read_pid_file(state_dir / name)
+    except Exception:  # a planted symlink or unreadable file: report as no record here
+        return None
+
+
+def _daemon_running(state_dir: Path) -> bool:
+    return lock_is_held(state_dir / "runtime.lock")
+
+
+# --- status --------------------------------------------------------------------------------------------
+def status_report(state_dir: Path, now: float | None = None) -> tuple[int, dict[str, Any]]:
+    """The status JSON and the LSB exit code, from the state files alone (stdlib only)."""
+    now = time.time() if now is None else now
+    report: dict[str, Any] = {
+        "running": False,
+        "ready": False,
+        "state_dir": str(state_dir),
+        "daemon": None,
+        "dev_server": None,
+    }
+    daemon = _record(state_dir, "runtime.json") if _daemon_running(state_dir) else None
+    if _daemon_running(state_dir):
+        report["running"] = True
+        if daemon is not None:
+            report["ready"] = bool(daemon.extra.get("ready"))
+            report["daemon"] = {
+                "pid": daemon.pid,
+                "started_at": daemon.started_at,
+                "uptime_s": round(now - daemon.started_at, 3),
+                "last_error": daemon.extra.get("last_error"),
+            }
+            server = daemon.extra.get("dev_server")
+            if isinstance(server, dict):
+                started = server.get("started_at")
+                report["dev_server"] = {
+                    "pid": server.get("pid"),
+                    "address": server.get("address"),
+                    "restarts": server.get("restarts", 0),
+                    "adopted": server.get("adopted", False),
+                    "uptime_s": round(now - started, 3) if isinstance(started, int | float) else None,
+                }
+        return (EXIT_OK if report["ready"] else EXIT_FAILURE), report
+    if lock_is_held(state_dir / "devserver.lock"):
+        orphan = _record(state_dir, "devserver.json")
+        report["dev_server"] = {
+            "pid": orphan.pid if orphan else None,
+            "address": orphan.extra.get("address") if orphan else None,
+            "restarts": 0,
+            "adopted": False,
+            "uptime_s": round(now - orphan.started_at, 3) if orphan else None,
+            "orphaned": True,
+        }
+    return EXIT_NOT_RUNNING, report
+
+
+def _status(args: argparse.Namespace, state_dir: Path) -> int:
+    code, report = status_report(state_dir)
+    if args.json:
+        print(json.dumps(report))
+        return code
+    server = report["dev_server"]
+    if report["running"]:
+        daemon = report["daemon"] or {}
+        where = f"dev server {server['address']} (pid {server['pid']})" if server else "no dev server yet"
+        state = "running and ready" if report["ready"] else "running, not ready"
+        print(f"{state}: {where}; daemon pid {daemon.get('pid')}; state dir {state_dir}")
+        if server:
+            print(
+                f"  restarts {server['restarts']}, adopted {server['adopted']}, uptime {server['uptime_s']} s"
+            )
+    elif server:
+        print(
+            f"not running: but an orphaned dev server (pid {server['pid']}, {server['address']}) is alive; "
+            f"`{PROG} up` adopts it, `{PROG} stop` stops it"
+        )
+    else:
+        print(f"not running (state dir {state_dir})")
+    return code
+
+
+# --- up ------------------------------------------------------------------------------------------------
+def _already_running(state_dir: Path) -> int:
+    daemon = _record(state_dir, "runtime.json")
+    if daemon is None:
+        print(f"already running (state dir {state_dir}; starting up)")
+    else:
+        print(f"already running: daemon pid {daemon.pid}, address {daemon.extra.get('address')}")
+    return EXIT_OK
+
+
+def _full_config(
+    args: argparse.Namespace, env: Mapping[str, str], file: Mapping[str, Any], state_dir: Path
+) -> Any:
+    from ._config import resolve
+    from ._errors import ConfigError
+    from ._statefiles import ensure_state_dir
+
+    flags = {
+        "state_dir": str(state_dir),
+        "port": args.port,
+        "namespaces": args.namespaces,
+        "binary": args.binary,
+        "start_timeout": args.start_timeout,
+        "persist": args.persist,
+    }
+    try:
+        config = resolve(flags=flags, env=env, file=file)
+        ensure_state_dir(config.state_dir)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return config
+
+
+def _foreground(config: Any) -> NoReturn:
+    from ._runtime import configure_logging, daemon_main
+
+    configure_logging()
+    notify_fd = os.environ.pop(NOTIFY_ENV, None)
+
+    def report(message: dict[str, Any]) -> None:
+        if message.get("event") == "already-running":
+            _already_running(config.state_dir)
+
+    notify: Callable[[dict[str, Any]], None] = report
+    if notify_fd is not None:
+        from ._runtime import write_notification
+
+        notify = write_notification(int(notify_fd))
+    code = EXIT_FAILURE
+    try:
+        code = daemon_main(config, notify)
+    except BaseException:  # a bug, not a user mistake: show it before leaving with os._exit
+        import traceback
+
+        traceback.print_exc()
+        notify({"event": "error", "message": "the daemon crashed; see logs/daemon.log"})
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # temporalio can crash the interpreter at exit after a clean shutdown
+
+
+def _detach(argv: Sequence[str], state_dir: Path) -> int:
+    """Start the daemon in a new session; wait for its verdict; print where it runs or why it failed."""
+    logs = state_dir / "logs"
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    daemon_argv = ["up", *(a for a in argv if a != "--detach"), "--state-dir", str(state_dir)]
+    read_end, write_end = os.pipe()
+    began = time.monotonic()
+    log_fd = os.open(logs / "daemon.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "stigmer_trio", *daemon_argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            start_new_session=True,
+            pass_fds=(write_end,),
+            env={**os.environ, NOTIFY_ENV: str(write_end)},
+        )
+    finally:
+        os.close(write_end)
+        os.close(log_fd)
+    with os.fdopen(read_end, "rb") as pipe:
+        line = _read_line(pipe, DETACH_WAIT)
+    message: dict[str, Any] = {}
+    if line:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = {}
+    event = message.get("event")
+    if event == "ready":
+        elapsed = time.monotonic() - began
+        print(
+            f"running: dev server {message.get('address')}, daemon pid {message.get('pid')}, "
+            f"ready in {elapsed:.2f} s"
+        )
+        return EXIT_OK
+    if event == "already-running":
+        daemon.wait()
+        return _wait_for_other_daemon(state_dir, began)
+    if event == "error":
+        _say(f"the daemon failed: {message.get('message')}")
+    elif daemon.poll() is None:
+        _say(
+            f"the daemon (pid {daemon.pid}) did not report within {DETACH_WAIT:g} s; "
+            f"see {logs / 'daemon.log'}"
+        )
+    else:
+        _say(
+            f"the daemon exited with code {daemon.returncode} before it was ready; see {logs / 'daemon.log'}"
+        )
     return EXIT_FAILURE
 
 
+def _read_line(pipe: Any, timeout: float) -> bytes:
+    import select
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select([pipe], [], [], remaining)
+        if not ready:
+            break
+        chunk = os.read(pipe.fileno(), 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0]
+
+
+def _wait_for_other_daemon(state_dir: Path, began: float) -> int:
+    """Another `up` won the race: wait until its daemon is ready (or gone), then say where it is."""
+    while time.monotonic() - began < DETACH_WAIT:
+        if not _daemon_running(state_dir):
+            _say(
+                "another daemon was starting in this state dir but has stopped; "
+                "see `status` and logs/daemon.log"
+            )
+            return EXIT_FAILURE
+        record = _record(state_dir, "runtime.json")
+        if record is not None and record.extra.get("ready"):
+            return _already_running(state_dir)
+        time.sleep(0.02)
+    _say(f"another daemon in {state_dir} is not ready after {DETACH_WAIT:g} s")
+    return EXIT_FAILURE
+
+
+def _up(
+    args: argparse.Namespace, argv: Sequence[str], env: Mapping[str, str], file: Mapping[str, Any]
+) -> int:
+    state_dir = _state_dir(args, env, file)
+    if _daemon_running(state_dir):
+        return _already_running(state_dir)
+    config = _full_config(args, env, file, state_dir)
+    if args.detach:
+        return _detach(argv, config.state_dir)
+    _foreground(config)
+
+
+# --- stop ----------------------------------------------------------------------------------------------
+def _stop(args: argparse.Namespace, state_dir: Path) -> int:
+    if args.timeout < 0:
+        raise UsageError(f"--timeout must be >= 0, got {args.timeout!r}")
+    daemon_up = _daemon_running(state_dir)
+    server_up = lock_is_held(state_dir / "devserver.lock")
+    if not daemon_up and not server_up:
+        print("not running")
+        return EXIT_OK
+    from ._errors import IdentityMismatch
+    from ._process import Verdict, stop_process_group, verify
+
+    began = time.monotonic()
+    stopped: list[str] = []
+    if daemon_up:
+        record = _record(state_dir, "runtime.json")
+        if record is None or verify(record) is not Verdict.SAME:
+            _say(
+                f"{state_dir / 'runtime.lock'} is held by a process that cannot be verified as our "
+                "daemon; not touching it"
+            )
+            return EXIT_FAILURE
+        if not _signal_and_wait(record, args.timeout):
+            _say(f"the daemon (pid {record.pid}) did not stop within {args.timeout:g} s: killing it")
+            _kill_verified(record)
+        stopped.append(f"daemon pid {record.pid}")
+    if lock_is_held(state_dir / "devserver.lock"):
+        orphan = _record(state_dir, "devserver.json")
+        if orphan is None:
+            _say(
+                f"{state_dir / 'devserver.lock'} is held but devserver.json is missing: cannot verify, "
+                "not touching it"
+            )
+            return EXIT_FAILURE
+        try:
+            stop_process_group(orphan, timeout=min(args.timeout, 10.0) or 0.1)
+        except IdentityMismatch as exc:
+            _say(str(exc))
+            return EXIT_FAILURE
+        remove_pid_file(state_dir / "devserver.json")
+        stopped.append(f"dev server pid {orphan.pid}")
+    print(f"stopped {', '.join(stopped)} in {time.monotonic() - began:.2f} s")
+    return EXIT_OK
+
+
+def _signal_and_wait(record: PidRecord, timeout: float) -> bool:
+    """SIGTERM our verified daemon and wait for it to exit (pidfd); True if it did within `timeout`."""
+    import select
+    import signal
+
+    try:
+        pidfd = os.pidfd_open(record.pid)
+    except ProcessLookupError:
+        return True
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(int(timeout * 1000)))
+    except ProcessLookupError:
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def _kill_verified(record: PidRecord) -> None:
+    import signal
+
+    from ._process import Verdict, verify
+
+    try:
+        pidfd = os.pidfd_open(record.pid)
+    except ProcessLookupError:
+        return
+    try:
+        if verify(record) is Verdict.SAME:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+# --- entry point ---------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m stigmer_trio`` and the ``stigmer-trio`` script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    return _not_implemented(args.command)
+    env = os.environ
+    try:
+        file = _load_toml(args.config)
+        if args.command == "status":
+            return _status(args, _state_dir(args, env, file))
+        if args.command == "stop":
+            return _stop(args, _state_dir(args, env, file))
+        if args.command == "restart":
+            state_dir = _state_dir(args, env, file)
+            stop_args = argparse.Namespace(timeout=15.0)
+            code = _stop(stop_args, state_dir)
+            if code != EXIT_OK:
+                return code
+            args.detach = True
+            return _up(args, [a for a in argv if a != "restart"], env, file)
+        return _up(args, [a for a in argv[argv.index("up") + 1 :]], env, file)
+    except UsageError as exc:
+        _say(f"error: {exc}")
+        return EXIT_USAGE

@@ -32,6 +32,14 @@ class ProcessStopTimeout(StigmerError, TimeoutError):
     """A process group was sent SIGKILL but its leader still had not exited after `kill_timeout`."""
 
 
+class DevServerError(StigmerError):
+    """One lifetime of the dev server failed: it would not start, exited, hung or cannot be owned."""
+
+
+class PortInUse(DevServerError):
+    """The dev server's port is held by a process that is not our dev server."""
+
+
 class RestartLimitExceeded(StigmerError):
     """A supervisor gave up: more than `max_restarts` restarts within `window` seconds.
 

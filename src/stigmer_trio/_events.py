@@ -17,6 +17,8 @@ __all__ = [
     "ChildStarted",
     "Event",
     "EventHook",
+    "ServerExited",
+    "ServerReady",
 ]
 
 
@@ -69,5 +71,28 @@ class ChildAbandoned:
     shutdown_timeout: float
 
 
-Event: TypeAlias = ChildStarted | ChildExited | ChildRestartScheduled | ChildAbandoned | RestartLimitExceeded
+@attrs.frozen
+class ServerReady:
+    """The dev server answers health checks and knows every namespace (spawned, or adopted alive)."""
+
+    address: str
+    pid: int
+    adopted: bool
+    ready_after: float  # seconds from spawn (or adoption attempt) to ready
+
+
+@attrs.frozen
+class ServerExited:
+    """The dev server is gone or is being replaced. `returncode` None: not our child, or still alive."""
+
+    address: str
+    pid: int
+    returncode: int | None
+    reason: str
+
+
+Event: TypeAlias = (
+    ChildStarted | ChildExited | ChildRestartScheduled | ChildAbandoned | RestartLimitExceeded
+    | ServerReady | ServerExited
+)  # fmt: skip
 EventHook: TypeAlias = Callable[[Event], None]

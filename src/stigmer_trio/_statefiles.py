@@ -52,6 +52,15 @@ def _chmod_created_dir(directory: Path, created: Path) -> None:
         raise ConfigError(f"state_dir {str(directory)!r} cannot be created: {exc}") from exc
 
 
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """$XDG_STATE_HOME/stigmer_trio, else ~/.local/state/stigmer_trio."""
+    xdg = env.get("XDG_STATE_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "stigmer_trio"
+    home = env.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "state" / "stigmer_trio"
+
+
 def ensure_state_dir(path: _StrPath) -> Path:
     """Create `path` (and missing parents) with mode 0700 and check it is a writable directory."""
     directory = Path(path)

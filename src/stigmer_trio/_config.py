@@ -1,0 +1,229 @@
+# Configuration records and their validation. Rule: pure — no trio, no I/O, no environment reads. The
+# CLI gathers flags, STIGMER_TRIO_* variables and the TOML file and hands plain mappings to `resolve`,
+# which applies the precedence (flags > environment > file > defaults) and explains every bad value in
+# one line naming the field and the value.
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._errors import ConfigError
+from ._policy import RestartPolicy
+from ._statefiles import default_state_dir
+
+__all__ = ["DevServerConfig", "RuntimeConfig", "resolve"]
+
+# Temporal namespace names: letters, digits, '-', '_' and '.', starting with a letter or digit.
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+
+# The dev server's own restarts: the first restart after a stable run is immediate, then backoff.
+DEFAULT_DEVSERVER_POLICY = RestartPolicy(
+    initial_delay=0.0, backoff=0.1, multiplier=2.0, max_delay=5.0, jitter=0.1,
+    max_restarts=5, window=60.0, reset_after=10.0,
+)  # fmt: skip
+
+
+def _port(*, optional: bool = False) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise ConfigError(f"{attribute.name} must be a port number 1-65535, got {value!r}")
+
+    return check
+
+
+def _seconds(*, positive: bool = True) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+        if not ok or value < 0 or (positive and value == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise ConfigError(f"{attribute.name} must be a number of seconds {bound}, got {value!r}")
+
+    return check
+
+
+def _count(minimum: int) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{attribute.name} must be a whole number >= {minimum}, got {value!r}")
+
+    return check
+
+
+def _namespaces(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple) or not value:
+        raise ConfigError(f"{attribute.name} must be a non-empty list of namespace names, got {value!r}")
+    for name in value:
+        if not isinstance(name, str) or not _NAMESPACE.match(name):
+            raise ConfigError(
+                f"namespace must be 2-255 letters, digits, '.', '_' or '-' starting with a letter or "
+                f"digit, got {name!r}"
+            )
+
+
+def _to_tuple(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(dict.fromkeys(value))  # keep order, drop repeats
+    if isinstance(value, str):
+        return (value,)
+    return value
+
+
+def _optional_path(value: Any) -> Any:
+    if value is None or isinstance(value, Path):
+        return value
+    if isinstance(value, str) and value:
+        return Path(value).expanduser()
+    raise ConfigError(f"path must be a non-empty string, got {value!r}")
+
+
+def _path(value: str | Path) -> Path:
+    return Path(value).expanduser()
+
+
+def _policy(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, RestartPolicy):
+        raise ConfigError(f"{attribute.name} must be a RestartPolicy, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class DevServerConfig:
+    """One supervised `temporal server start-dev`, always bound to 127.0.0.1.
+
+    `http_port` / `metrics_port` None: a free port is picked at each spawn. `persist` False runs the
+    server in memory (every workflow is lost at a crash); by default the db lives in the state dir.
+    """
+
+    binary: Path | None = attrs.field(default=None, converter=_optional_path)
+    port: int = attrs.field(default=7233, validator=_port())
+    http_port: int | None = attrs.field(default=None, validator=_port(optional=True))
+    metrics_port: int | None = attrs.field(default=None, validator=_port(optional=True))
+    namespaces: tuple[str, ...] = attrs.field(
+        default=("default",), converter=_to_tuple, validator=_namespaces
+    )
+    persist: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    db_filename: Path | None = attrs.field(default=None, converter=_optional_path)
+    start_timeout: float = attrs.field(default=15.0, validator=_seconds())
+    health_interval: float = attrs.field(default=1.0, validator=_seconds())
+    health_timeout: float = attrs.field(default=1.0, validator=_seconds())
+    failures_to_restart: int = attrs.field(default=2, validator=_count(1))
+    stop_timeout: float = attrs.field(default=5.0, validator=_seconds(positive=False))
+    log_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_count(4096))
+    log_backups: int = attrs.field(default=3, validator=_count(0))
+    extra_args: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    policy: RestartPolicy = attrs.field(default=DEFAULT_DEVSERVER_POLICY, validator=_policy)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@attrs.frozen(kw_only=True)
+class RuntimeConfig:
+    """Everything one runtime needs. `dev_server` None is external mode (connect only)."""
+
+    state_dir: Path = attrs.field(converter=_path)
+    dev_server: DevServerConfig | None = attrs.field(factory=DevServerConfig)
+    policy: RestartPolicy = attrs.field(
+        default=RestartPolicy(max_restarts=20, window=60.0), validator=_policy
+    )
+    shutdown_timeout: float = attrs.field(default=15.0, validator=_seconds())
+
+
+# --- precedence ----------------------------------------------------------------------------------------
+# Keys of the flat settings dict, where each comes from in the environment, and its parser.
+_DEV_KEYS = (
+    "binary", "port", "http_port", "metrics_port", "namespaces", "persist", "db_filename",
+    "start_timeout", "health_interval", "health_timeout", "failures_to_restart", "stop_timeout",
+    "log_max_bytes", "log_backups",
+)  # fmt: skip
+_POLICY_KEYS = tuple(f.name for f in attrs.fields(RestartPolicy))
+_INT_KEYS = {"port", "http_port", "metrics_port", "failures_to_restart", "log_max_bytes", "log_backups"}
+_FLOAT_KEYS = {"start_timeout", "health_interval", "health_timeout", "stop_timeout", "shutdown_timeout"}
+
+
+def _env_value(key: str, raw: str) -> Any:
+    name = f"STIGMER_TRIO_{key.upper()}"
+    try:
+        if key in _INT_KEYS:
+            return int(raw)
+        if key in _FLOAT_KEYS:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if key == "persist":
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    if key == "namespaces":
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a table, got {value!r}")
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(allowed))})")
+
+
+def resolve(
+    *,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    file: Mapping[str, Any] | None = None,
+) -> RuntimeConfig:
+    """Build the RuntimeConfig from flags > STIGMER_TRIO_* environment > TOML file > defaults.
+
+    `flags` holds only the options the user gave (None values are ignored); `file` is the parsed TOML.
+    """
+    file = file or {}
+    _check_keys(file, ("state_dir", "dev_server", "shutdown_timeout"), "config file")
+    file_dev = dict(_table(file.get("dev_server", {}), "[dev_server]"))
+    file_policy = _table(file_dev.pop("restart", {}), "[dev_server.restart]")
+    _check_keys(file_dev, _DEV_KEYS, "[dev_server]")
+    _check_keys(file_policy, _POLICY_KEYS, "[dev_server.restart]")
+
+    def pick(key: str, file_table: Mapping[str, Any]) -> Any:
+        if flags.get(key) is not None:
+            return flags[key]
+        raw = env.get(f"STIGMER_TRIO_{key.upper()}")
+        if raw is not None and raw != "":
+            return _env_value(key, raw)
+        return file_table.get(key)
+
+    state_dir = pick("state_dir", file)
+    if state_dir is None:
+        state_dir = default_state_dir(env)
+    elif not isinstance(state_dir, str | Path) or not str(state_dir):
+        raise ConfigError(f"state_dir must be a path, got {state_dir!r}")
+
+    dev: dict[str, Any] = {}
+    for key in _DEV_KEYS:
+        value = pick(key, file_dev)
+        if value is not None:
+            dev[key] = value
+    if file_policy:
+        try:
+            dev["policy"] = attrs.evolve(DEFAULT_DEVSERVER_POLICY, **file_policy)
+        except ConfigError as exc:
+            raise ConfigError(f"[dev_server.restart] {exc}") from None
+    shutdown = pick("shutdown_timeout", file)
+    runtime: dict[str, Any] = {"state_dir": state_dir, "dev_server": DevServerConfig(**dev)}
+    if shutdown is not None:
+        runtime["shutdown_timeout"] = shutdown
+    return RuntimeConfig(**runtime)

