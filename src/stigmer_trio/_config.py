@@ -75,16 +75,22 @@ def _to_tuple(value: Any) -> Any:
     return value
 
 
-def _optional_path(value: Any) -> Any:
-    if value is None or isinstance(value, Path):
-        return value
-    if isinstance(value, str) and value:
-        return Path(value).expanduser()
-    raise ConfigError(f"path must be a non-empty string, got {value!r}")
+def _as_path(value: Any) -> Any:
+    return Path(value).expanduser() if isinstance(value, str) and value else value
+
+
+def _optional_path(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, Path):
+        raise ConfigError(f"{attribute.name} must be a non-empty path, got {value!r}")
 
 
 def _path(value: str | Path) -> Path:
     return Path(value).expanduser()
+
+
+def _bool(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attribute.name} must be true or false, got {value!r}")
 
 
 def _policy(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -100,15 +106,15 @@ class DevServerConfig:
     server in memory (every workflow is lost at a crash); by default the db lives in the state dir.
     """
 
-    binary: Path | None = attrs.field(default=None, converter=_optional_path)
+    binary: Path | None = attrs.field(default=None, converter=_as_path, validator=_optional_path)
     port: int = attrs.field(default=7233, validator=_port())
     http_port: int | None = attrs.field(default=None, validator=_port(optional=True))
     metrics_port: int | None = attrs.field(default=None, validator=_port(optional=True))
     namespaces: tuple[str, ...] = attrs.field(
         default=("default",), converter=_to_tuple, validator=_namespaces
     )
-    persist: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    db_filename: Path | None = attrs.field(default=None, converter=_optional_path)
+    persist: bool = attrs.field(default=True, validator=_bool)
+    db_filename: Path | None = attrs.field(default=None, converter=_as_path, validator=_optional_path)
     start_timeout: float = attrs.field(default=15.0, validator=_seconds())
     health_interval: float = attrs.field(default=1.0, validator=_seconds())
     health_timeout: float = attrs.field(default=1.0, validator=_seconds())

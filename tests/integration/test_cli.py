@@ -7,10 +7,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from stigmer_trio import __version__
+from stigmer_trio._statefiles import FileLock, PidRecord, write_pid_file
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +48,9 @@ class TestCli:
         )
         assert (0, f"stigmer_trio {__version__}\n") == (result.returncode, result.stdout)
 
-    def test_up_says_plainly_it_is_not_implemented(self) -> None:
-        """Until the dev-server issue lands, `up` fails honestly: non-zero and a clear sentence."""
-        result = run("up")
-        assert 1 == result.returncode
-        assert "'up' is not implemented yet" in result.stderr
-        assert "" == result.stdout
-
-    @pytest.mark.parametrize("args", [("--bogus",), ("up", "--nope"), ("frobnicate",)])
+    @pytest.mark.parametrize(
+        "args", [("--bogus",), ("up", "--nope"), ("frobnicate",), ("status", "--port", "1")]
+    )
     def test_bad_usage_is_one_line_and_exit_2(self, args: tuple[str, ...]) -> None:
         """A user mistake gets one line on stderr, exit code 2 and no traceback."""
         result = run(*args)
@@ -84,6 +81,39 @@ class TestCheapImport:
         )
         result = run(code=code)
         assert (0, "[]\n") == (result.returncode, result.stderr)
+
+    @pytest.mark.parametrize("command", ["status", "status --json", "stop", "up"])
+    def test_hot_paths_stay_stdlib_only(self, command: str, tmp_path: Path) -> None:
+        """status, stop with nothing running, and up while a daemon runs skip trio and temporalio."""
+        state = tmp_path / "state"
+        state.mkdir()
+        holder = None
+        if command == "up":  # pretend a daemon runs: hold its lock, write its record
+            holder = FileLock(state / "runtime.lock")
+            assert holder.acquire()
+            record = PidRecord(os.getpid(), 0.0, ("python",), 0.0, {"address": "127.0.0.1:1", "ready": True})
+            write_pid_file(state / "runtime.json", record)
+        code = textwrap.dedent(
+            f"""
+            import runpy, sys
+            sys.argv = ["stigmer_trio", *{command.split()!r}, "--state-dir", {str(state)!r}]
+            try:
+                runpy.run_module("stigmer_trio", run_name="__main__")
+            except SystemExit as exit:
+                print("exit", exit.code, file=sys.stderr)
+            print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)
+            """
+        )
+        try:
+            result = run(code=code)
+        finally:
+            if holder is not None:
+                holder.release()
+        assert "[]" == result.stderr.splitlines()[-1], result.stderr
+        expected = {"status": "exit 3", "status --json": "exit 3", "stop": "exit 0", "up": "exit 0"}[command]
+        assert expected == result.stderr.splitlines()[-2]
+        if command == "up":
+            assert f"already running: daemon pid {os.getpid()}, address 127.0.0.1:1\n" == result.stdout
 
     def test_public_name_loads_on_first_use(self) -> None:
         """Touching a public name imports its module then, not before."""

@@ -1,0 +1,175 @@
+"""Configuration records and the precedence flags > environment > TOML file > defaults (pure)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stigmer_trio import ConfigError, RestartPolicy
+from stigmer_trio._config import DEFAULT_DEVSERVER_POLICY, DevServerConfig, RuntimeConfig, resolve
+from stigmer_trio._statefiles import default_state_dir
+
+ENV = {"HOME": "/home/u"}
+
+
+def dev(config: RuntimeConfig) -> DevServerConfig:
+    assert config.dev_server is not None
+    return config.dev_server
+
+
+class TestDefaults:
+    def test_defaults(self) -> None:
+        """Persisted server on 127.0.0.1:7233, namespace 'default', documented probe timings."""
+        config = resolve(flags={}, env=ENV)
+        server = dev(config)
+        assert "127.0.0.1:7233" == server.address
+        assert ("default",) == server.namespaces
+        assert server.persist
+        assert (15.0, 1.0, 1.0, 2) == (
+            server.start_timeout, server.health_interval, server.health_timeout, server.failures_to_restart
+        )  # fmt: skip
+        assert DEFAULT_DEVSERVER_POLICY == server.policy
+        assert 0.0 == server.policy.initial_delay  # the first restart after a stable run is immediate
+
+    def test_state_dir_xdg(self) -> None:
+        """$XDG_STATE_HOME/stigmer_trio when set."""
+        assert Path("/x/state/stigmer_trio") == default_state_dir(
+            {"XDG_STATE_HOME": "/x/state", "HOME": "/h"}
+        )
+
+    def test_state_dir_home(self) -> None:
+        """~/.local/state/stigmer_trio otherwise, also for a relative XDG_STATE_HOME (ignored)."""
+        assert Path("/h/.local/state/stigmer_trio") == default_state_dir({"HOME": "/h"})
+        assert Path("/h/.local/state/stigmer_trio") == default_state_dir(
+            {"XDG_STATE_HOME": "rel", "HOME": "/h"}
+        )
+
+    def test_default_state_dir_used(self) -> None:
+        """No flag, variable or file setting: the default state dir."""
+        assert Path("/home/u/.local/state/stigmer_trio") == resolve(flags={}, env=ENV).state_dir
+
+
+class TestPrecedence:
+    def test_flag_beats_env_beats_file(self) -> None:
+        """A flag wins over STIGMER_TRIO_PORT, which wins over the TOML file."""
+        file = {"dev_server": {"port": 1111}}
+        env = {**ENV, "STIGMER_TRIO_PORT": "2222"}
+        assert 1111 == dev(resolve(flags={}, env=ENV, file=file)).port
+        assert 2222 == dev(resolve(flags={}, env=env, file=file)).port
+        assert 3333 == dev(resolve(flags={"port": 3333}, env=env, file=file)).port
+
+    def test_none_flags_are_ignored(self) -> None:
+        """Options the user did not give (None) do not override anything."""
+        assert 1111 == dev(resolve(flags={"port": None}, env=ENV, file={"dev_server": {"port": 1111}})).port
+
+    def test_state_dir_sources(self) -> None:
+        """state_dir follows the same precedence."""
+        file = {"state_dir": "/from/file"}
+        assert Path("/from/file") == resolve(flags={}, env=ENV, file=file).state_dir
+        env = {**ENV, "STIGMER_TRIO_STATE_DIR": "/from/env"}
+        assert Path("/from/env") == resolve(flags={}, env=env, file=file).state_dir
+        assert Path("/from/flag") == resolve(flags={"state_dir": "/from/flag"}, env=env, file=file).state_dir
+
+    def test_env_namespaces_are_comma_separated(self) -> None:
+        """STIGMER_TRIO_NAMESPACES=a,b gives two namespaces, in order, without repeats."""
+        env = {**ENV, "STIGMER_TRIO_NAMESPACES": "orders, billing,orders"}
+        assert ("orders", "billing") == dev(resolve(flags={}, env=env)).namespaces
+
+    def test_env_booleans(self) -> None:
+        """STIGMER_TRIO_PERSIST accepts the usual spellings."""
+        assert not dev(resolve(flags={}, env={**ENV, "STIGMER_TRIO_PERSIST": "off"})).persist
+        assert dev(resolve(flags={}, env={**ENV, "STIGMER_TRIO_PERSIST": "Yes"})).persist
+
+    def test_restart_policy_from_file(self) -> None:
+        """[dev_server.restart] overrides fields of the default dev-server policy."""
+        file = {"dev_server": {"restart": {"max_restarts": 1000, "reset_after": 1.0}}}
+        policy = dev(resolve(flags={}, env=ENV, file=file)).policy
+        assert (1000, 1.0, DEFAULT_DEVSERVER_POLICY.backoff) == (
+            policy.max_restarts, policy.reset_after, policy.backoff
+        )  # fmt: skip
+
+    def test_whole_file(self) -> None:
+        """Every [dev_server] key is accepted."""
+        file: dict[str, Any] = {
+            "state_dir": "/s",
+            "shutdown_timeout": 3.0,
+            "dev_server": {
+                "binary": "/opt/temporal", "port": 7000, "http_port": 7001, "metrics_port": 7002,
+                "namespaces": ["a1", "b2"], "persist": False, "db_filename": "/d/t.db", "start_timeout": 5.0,
+                "health_interval": 0.5, "health_timeout": 0.25, "failures_to_restart": 3, "stop_timeout": 2.0,
+                "log_max_bytes": 8192, "log_backups": 1,
+            },
+        }  # fmt: skip
+        config = resolve(flags={}, env=ENV, file=file)
+        server = dev(config)
+        assert (Path("/opt/temporal"), 7001, 7002, ("a1", "b2"), False) == (
+            server.binary, server.http_port, server.metrics_port, server.namespaces, server.persist
+        )  # fmt: skip
+        assert 3.0 == config.shutdown_timeout
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("flags", "env", "file", "needle"),
+        [
+            ({"port": 70000}, {}, {}, "port must be a port number 1-65535, got 70000"),
+            ({"port": 0}, {}, {}, "port must be a port number 1-65535, got 0"),
+            ({}, {"STIGMER_TRIO_PORT": "http"}, {}, "STIGMER_TRIO_PORT must be a number, got 'http'"),
+            ({}, {"STIGMER_TRIO_PERSIST": "maybe"}, {}, "STIGMER_TRIO_PERSIST must be true or false"),
+            ({}, {}, {"dev_server": {"port": "7233"}}, "port must be a port number 1-65535, got '7233'"),
+            ({}, {}, {"dev_server": {"health_interval": -1}}, "health_interval must be a number of seconds"),
+            (
+                {},
+                {},
+                {"dev_server": {"start_timeout": math.inf}},
+                "start_timeout must be a number of seconds",
+            ),
+            (
+                {},
+                {},
+                {"dev_server": {"failures_to_restart": 0}},
+                "failures_to_restart must be a whole number >= 1",
+            ),
+            ({"namespaces": ["bad name!"]}, {}, {}, "namespace must be 2-255 letters"),
+            ({"namespaces": []}, {}, {}, "namespaces must be a non-empty list"),
+            ({}, {}, {"dev_server": {"persist": "yes"}}, "persist"),
+            ({}, {}, {"colour": "blue"}, "config file: unknown setting 'colour'"),
+            ({}, {}, {"dev_server": {"prot": 1}}, "[dev_server]: unknown setting 'prot'"),
+            (
+                {},
+                {},
+                {"dev_server": {"restart": {"jitter": 2}}},
+                "[dev_server.restart] jitter must be in [0, 1)",
+            ),
+            (
+                {},
+                {},
+                {"dev_server": {"restart": {"max_retries": 2}}},
+                "[dev_server.restart]: unknown setting",
+            ),
+            ({}, {}, {"dev_server": 3}, "[dev_server] must be a table"),
+            ({}, {}, {"state_dir": 5}, "state_dir must be a path, got 5"),
+            ({}, {}, {"dev_server": {"binary": ""}}, "binary must be a non-empty path, got ''"),
+            ({}, {}, {"dev_server": {"db_filename": 3}}, "db_filename must be a non-empty path, got 3"),
+        ],
+    )
+    def test_bad_value_is_one_clear_line(
+        self, flags: dict[str, Any], env: dict[str, str], file: dict[str, Any], needle: str
+    ) -> None:
+        """Each bad value raises ConfigError naming the field and the value, in one line."""
+        with pytest.raises(ConfigError) as info:
+            resolve(flags=flags, env={**ENV, **env}, file=file)
+        message = str(info.value)
+        assert needle in message
+        assert "\n" not in message
+
+    def test_records_validate_directly(self) -> None:
+        """DevServerConfig validates when built by an embedding program too."""
+        with pytest.raises(ConfigError, match="http_port"):
+            DevServerConfig(http_port=-1)
+        with pytest.raises(ConfigError, match="policy"):
+            DevServerConfig(policy={"backoff": 1})  # type: ignore[arg-type]
+        assert RestartPolicy() == RuntimeConfig(state_dir="/s", policy=RestartPolicy()).policy
