@@ -57,7 +57,7 @@ class TestPortCheck:
 
 class TestRotatingLog:
     def test_rotates_past_the_limit(self, tmp_path: Path) -> None:
-        """Past max_bytes the file is copied to .1 (older ones shift) and truncated; writers keep appending."""
+        """Past max_bytes the file is copied to .1 and truncated; writers keep appending."""
         log = RotatingLog(tmp_path / "devserver.log", max_bytes=100, backups=2)
         fd = log.open_for_writer()
         try:
