@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -274,6 +273,8 @@ def _foreground(config: Any) -> NoReturn:
 
 def _detach(argv: Sequence[str], state_dir: Path) -> int:
     """Start the daemon in a new session; wait for its verdict; print where it runs or why it failed."""
+    import subprocess
+
     logs = state_dir / "logs"
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     daemon_argv = ["up", *(a for a in argv if a != "--detach"), "--state-dir", str(state_dir)]

@@ -136,9 +136,9 @@ class RuntimeConfig:
 
     state_dir: Path = attrs.field(converter=_path)
     dev_server: DevServerConfig | None = attrs.field(factory=DevServerConfig)
-    policy: RestartPolicy = attrs.field(
-        default=RestartPolicy(max_restarts=20, window=60.0), validator=_policy
-    )
+    # The runtime supervisor's intensity. Unlimited by default: every child brings a restart limit of
+    # its own (the dev server's gives up after 5 restarts in 60 s). `[restart]` in the TOML file sets it.
+    policy: RestartPolicy = attrs.field(default=RestartPolicy(max_restarts=None), validator=_policy)
     shutdown_timeout: float = attrs.field(default=15.0, validator=_seconds())
 
 
@@ -198,7 +198,9 @@ def resolve(
     `flags` holds only the options the user gave (None values are ignored); `file` is the parsed TOML.
     """
     file = file or {}
-    _check_keys(file, ("state_dir", "dev_server", "shutdown_timeout"), "config file")
+    _check_keys(file, ("state_dir", "dev_server", "shutdown_timeout", "restart"), "config file")
+    runtime_policy = _table(file.get("restart", {}), "[restart]")
+    _check_keys(runtime_policy, _POLICY_KEYS, "[restart]")
     file_dev = dict(_table(file.get("dev_server", {}), "[dev_server]"))
     file_policy = _table(file_dev.pop("restart", {}), "[dev_server.restart]")
     _check_keys(file_dev, _DEV_KEYS, "[dev_server]")
@@ -230,6 +232,11 @@ def resolve(
             raise ConfigError(f"[dev_server.restart] {exc}") from None
     shutdown = pick("shutdown_timeout", file)
     runtime: dict[str, Any] = {"state_dir": state_dir, "dev_server": DevServerConfig(**dev)}
+    if runtime_policy:
+        try:
+            runtime["policy"] = RestartPolicy(**{"max_restarts": None, **runtime_policy})
+        except ConfigError as exc:
+            raise ConfigError(f"[restart] {exc}") from None
     if shutdown is not None:
         runtime["shutdown_timeout"] = shutdown
     return RuntimeConfig(**runtime)

@@ -23,12 +23,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import psutil
 import trio
 
-from . import _temporal
 from ._config import DevServerConfig
 from ._errors import DevServerError, PortInUse, TemporalUnavailable
 from ._events import EventHook, ServerExited, ServerReady
@@ -41,6 +41,9 @@ from ._statefiles import (
     remove_pid_file,
     write_pid_file,
 )
+
+if TYPE_CHECKING:
+    from . import _temporal
 
 __all__ = ["DevServer", "ServerInfo", "find_binary"]
 
@@ -329,6 +332,8 @@ class DevServer:
 
     async def _wait_ready(self, address: str, proc: trio.Process) -> _temporal.Client:
         """Ready = TCP accept AND check_health AND describe_namespace for every namespace."""
+        from . import _temporal  # imported here, not at start-up: the server boots meanwhile
+
         config = self.config
         last = "no answer yet"
         with trio.move_on_after(config.start_timeout):
@@ -355,6 +360,8 @@ class DevServer:
 
     async def _watch(self, client: _temporal.Client, wait_exit: Callable[[], object]) -> str | None:
         """Run until the server exits (None) or fails `failures_to_restart` probes in a row (why)."""
+        from . import _temporal  # imported here, not at start-up: the server boots meanwhile
+
         config = self.config
         hung: str | None = None
 
@@ -409,6 +416,8 @@ class DevServer:
 
     # --- adoption --------------------------------------------------------------------------------------
     async def _adopt(self, record: PidRecord, task_status: trio.TaskStatus[ServerInfo]) -> None:
+        from . import _temporal  # imported here, not at start-up: the server boots meanwhile
+
         config = self.config
         identity = ProcessIdentity.of_record(record)
         address = str(record.extra.get("address", config.address))

@@ -195,7 +195,8 @@ async def _daemon(config: RuntimeConfig, status: _StatusFile, notify: Notify) ->
             nursery.start_soon(run_tree)
     if failure is not None:
         status.last_error = str(failure)
-        logger.error("%s", failure)
+        if not isinstance(failure, RestartLimitExceeded):  # that one was logged as an event already
+            logger.error("%s", failure)
         notify({"event": "error", "message": str(failure)})
         return 1
     return 0

@@ -91,6 +91,12 @@ class TestPrecedence:
             policy.max_restarts, policy.reset_after, policy.backoff
         )  # fmt: skip
 
+    def test_runtime_restart_policy_from_file(self) -> None:
+        """[restart] sets the runtime supervisor's intensity; unlimited by default (children bring limits)."""
+        assert None is resolve(flags={}, env=ENV).policy.max_restarts
+        config = resolve(flags={}, env=ENV, file={"restart": {"max_restarts": 50, "window": 30.0}})
+        assert (50, 30.0) == (config.policy.max_restarts, config.policy.window)
+
     def test_whole_file(self) -> None:
         """Every [dev_server] key is accepted."""
         file: dict[str, Any] = {
@@ -151,6 +157,8 @@ class TestErrors:
                 "[dev_server.restart]: unknown setting",
             ),
             ({}, {}, {"dev_server": 3}, "[dev_server] must be a table"),
+            ({}, {}, {"restart": {"window": 0}}, "[restart] window must be > 0, got 0"),
+            ({}, {}, {"restart": {"windows": 1}}, "[restart]: unknown setting 'windows'"),
             ({}, {}, {"state_dir": 5}, "state_dir must be a path, got 5"),
             ({}, {}, {"dev_server": {"binary": ""}}, "binary must be a non-empty path, got ''"),
             ({}, {}, {"dev_server": {"db_filename": 3}}, "db_filename must be a non-empty path, got 3"),
