@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -149,8 +150,8 @@ def status_report(state_dir: Path, now: float | None = None) -> tuple[int, dict[
         "daemon": None,
         "dev_server": None,
     }
-    daemon = _record(state_dir, "runtime.json") if _daemon_running(state_dir) else None
     if _daemon_running(state_dir):
+        daemon = _record(state_dir, "runtime.json")
         report["running"] = True
         if daemon is not None:
             report["ready"] = bool(daemon.extra.get("ready"))
@@ -210,12 +211,20 @@ def _status(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 # --- up ------------------------------------------------------------------------------------------------
-def _already_running(state_dir: Path) -> int:
+def _already_running(state_dir: Path, port: int | None = None, wait: bool = True) -> int:
+    """Say where the running daemon is; while it is still starting, wait (bounded) until it is ready."""
     daemon = _record(state_dir, "runtime.json")
+    if wait and (daemon is None or not daemon.extra.get("ready")):
+        return _wait_for_other_daemon(state_dir, time.monotonic(), port)
     if daemon is None:
-        print(f"already running (state dir {state_dir}; starting up)")
-    else:
-        print(f"already running: daemon pid {daemon.pid}, address {daemon.extra.get('address')}")
+        print(f"already running (state dir {state_dir})")
+        return EXIT_OK
+    address = daemon.extra.get("address")
+    print(f"already running: daemon pid {daemon.pid}, address {address}")
+    if port is not None and isinstance(address, str) and not address.endswith(f":{port}"):
+        _say(
+            f"note: the running daemon keeps its own settings (address {address}); `restart` to apply --port"
+        )
     return EXIT_OK
 
 
@@ -271,13 +280,12 @@ def _foreground(config: Any) -> NoReturn:
         os._exit(code)  # temporalio can crash the interpreter at exit after a clean shutdown
 
 
-def _detach(argv: Sequence[str], state_dir: Path) -> int:
+def _detach(daemon_argv: Sequence[str], state_dir: Path) -> int:
     """Start the daemon in a new session; wait for its verdict; print where it runs or why it failed."""
     import subprocess
 
     logs = state_dir / "logs"
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-    daemon_argv = ["up", *(a for a in argv if a != "--detach"), "--state-dir", str(state_dir)]
     read_end, write_end = os.pipe()
     began = time.monotonic()
     log_fd = os.open(logs / "daemon.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -315,7 +323,10 @@ def _detach(argv: Sequence[str], state_dir: Path) -> int:
         return _wait_for_other_daemon(state_dir, began)
     if event == "error":
         _say(f"the daemon failed: {message.get('message')}")
-    elif daemon.poll() is None:
+        return EXIT_FAILURE
+    with contextlib.suppress(subprocess.TimeoutExpired):  # EOF without a verdict: let it finish exiting
+        daemon.wait(timeout=2.0)
+    if daemon.returncode is None:
         _say(
             f"the daemon (pid {daemon.pid}) did not report within {DETACH_WAIT:g} s; "
             f"see {logs / 'daemon.log'}"
@@ -346,8 +357,8 @@ def _read_line(pipe: Any, timeout: float) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
-def _wait_for_other_daemon(state_dir: Path, began: float) -> int:
-    """Another `up` won the race: wait until its daemon is ready (or gone), then say where it is."""
+def _wait_for_other_daemon(state_dir: Path, began: float, port: int | None = None) -> int:
+    """A daemon runs (or won the race) but is not ready yet: wait until it is ready or gone."""
     while time.monotonic() - began < DETACH_WAIT:
         if not _daemon_running(state_dir):
             _say(
@@ -357,22 +368,40 @@ def _wait_for_other_daemon(state_dir: Path, began: float) -> int:
             return EXIT_FAILURE
         record = _record(state_dir, "runtime.json")
         if record is not None and record.extra.get("ready"):
-            return _already_running(state_dir)
+            return _already_running(state_dir, port, wait=False)
         time.sleep(0.02)
     _say(f"another daemon in {state_dir} is not ready after {DETACH_WAIT:g} s")
     return EXIT_FAILURE
 
 
-def _up(
-    args: argparse.Namespace, argv: Sequence[str], env: Mapping[str, str], file: Mapping[str, Any]
-) -> int:
+def _up(args: argparse.Namespace, env: Mapping[str, str], file: Mapping[str, Any]) -> int:
     state_dir = _state_dir(args, env, file)
-    if _daemon_running(state_dir):
-        return _already_running(state_dir)
+    # A detached daemon skips this check: it must take the lock itself and report to its parent.
+    if NOTIFY_ENV not in env and _daemon_running(state_dir):
+        return _already_running(state_dir, args.port)
     config = _full_config(args, env, file, state_dir)
     if args.detach:
-        return _detach(argv, config.state_dir)
+        return _detach(_daemon_argv(args, config.state_dir), config.state_dir)
     _foreground(config)
+
+
+def _daemon_argv(args: argparse.Namespace, state_dir: Path) -> list[str]:
+    """The foreground `up` command line equivalent to this one, for the detached daemon."""
+    argv = ["up", "--state-dir", str(state_dir)]
+    if args.config is not None:
+        argv += ["--config", str(Path(args.config).absolute())]
+    for flag, value in (
+        ("--port", args.port),
+        ("--binary", args.binary),
+        ("--start-timeout", args.start_timeout),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    for namespace in args.namespaces or ():
+        argv += ["--namespace", namespace]
+    if args.persist is False:
+        argv.append("--in-memory")
+    return argv
 
 
 # --- stop ----------------------------------------------------------------------------------------------
@@ -481,8 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if code != EXIT_OK:
                 return code
             args.detach = True
-            return _up(args, [a for a in argv if a != "restart"], env, file)
-        return _up(args, [a for a in argv[argv.index("up") + 1 :]], env, file)
+            return _up(args, env, file)
+        return _up(args, env, file)
     except UsageError as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE

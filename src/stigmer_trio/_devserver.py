@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DevServer", "ServerInfo", "find_binary"]
 
-_POLL_READY = 0.005  # seconds between readiness attempts (connect fails in ~1 ms while nothing listens)
+_POLL_READY = 0.002  # seconds between readiness attempts (connect fails in ~1 ms while nothing listens)
 _ROTATE_CHECK = 1.0  # seconds between log size checks
 
 

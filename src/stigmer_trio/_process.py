@@ -286,6 +286,7 @@ def _stop_steps(
         try:
             outcome = StopOutcome.TERMINATED
             _signal_group(pgid, pidfd, signal.SIGTERM)
+            _signal_group(pgid, pidfd, signal.SIGCONT)  # a stopped (SIGSTOP) group handles SIGTERM too
             if not (yield (pidfd,), timeout):
                 outcome = StopOutcome.KILLED
                 _signal_group(pgid, pidfd, signal.SIGKILL)

