@@ -518,7 +518,7 @@ class Bench:
                 f"null; watched by {self.watch.method}; predicates met without an event: {self.watch.late}.",
                 "Probe (ours and the floor's) = TCP accept, then a fresh temporalio Client.connect + "
                 f"check_health, retried every {PROBE_POLL * 1000:g} ms; the daemon's own readiness also "
-                "runs DescribeNamespace and retries every 5 ms.",
+                "runs DescribeNamespace and retries every 2 ms.",
                 "Floor = the bare binary on a copy of the same db, same port, same flags, HOME in a temp "
                 f"dir, also killed after {STABLE:g} s. `stop` exit = pidfd readable (opened before `stop`).",
                 *self.notes,
