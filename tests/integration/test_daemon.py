@@ -622,6 +622,43 @@ class TestForeignProcesses:
                     client.sendall(b"ping")
                     assert b"ping" == accepted.recv(4)
 
+    def test_lock_held_by_an_unverifiable_process_is_left_alone(self, stack: Stack) -> None:
+        """devserver.lock held by a process with no matching record: `up` says so, gives up, touches nothing."""
+        stack.state_dir.mkdir(mode=0o700)
+        holder_code = (
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", holder_code, str(stack.state_dir / "devserver.lock")],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as holder:
+            try:
+                assert holder.stdout is not None
+                assert "locked\n" == holder.stdout.readline()
+                identity = Identity.of(holder.pid)
+                assert identity is not None
+                result = stack.up()
+                assert 1 == result.returncode, result.stdout
+                line = one_line(result.stderr)
+                assert "cannot be verified as our dev server" in line
+                assert "not touching it" in line
+                assert identity.alive()  # never signalled
+                assert [holder.pid] == [proc.pid for proc in stack.ours()]  # no daemon, no server
+            finally:
+                holder.kill()
+                holder.wait()
+
+    def test_server_not_ready_within_start_timeout(self, stack: Stack) -> None:
+        """A start_timeout the server cannot meet fails each lifetime; `up` gives up saying why."""
+        result = stack.up("--start-timeout", "0.01")
+        assert 1 == result.returncode, result.stdout
+        line = one_line(result.stderr)
+        assert "gave up" in line
+        assert "not ready within start_timeout=0.01 s" in line
+        assert [] == stack.ours()
+
 
 def _bad_input_cases(tmp: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:
     """name -> (extra `up` arguments, environment, text the error line must contain)."""
