@@ -623,7 +623,7 @@ class TestForeignProcesses:
                     assert b"ping" == accepted.recv(4)
 
     def test_lock_held_by_an_unverifiable_process_is_left_alone(self, stack: Stack) -> None:
-        """devserver.lock held by a process with no matching record: `up` says so, gives up, touches nothing."""
+        """A foreign devserver.lock holder: `up` says so, gives up, and touches nothing."""
         stack.state_dir.mkdir(mode=0o700)
         holder_code = (
             "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
