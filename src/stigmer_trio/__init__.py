@@ -8,19 +8,49 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._config import ConnectionConfig, DevServerConfig, RuntimeConfig, WorkerSpec
+    from ._connection import ConnectionState
     from ._errors import (
         ConfigError,
+        DevServerError,
         IdentityMismatch,
+        PortInUse,
         RestartLimitExceeded,
         StateFileError,
         StigmerError,
         TemporalUnavailable,
     )
-    from ._events import ChildAbandoned, ChildExited, ChildRestartScheduled, ChildStarted, Event, EventHook
+    from ._events import (
+        ChildAbandoned,
+        ChildExited,
+        ChildRestartScheduled,
+        ChildStarted,
+        ConnectionStateChanged,
+        Event,
+        EventHook,
+        ServerExited,
+        ServerReady,
+        WorkerStateChanged,
+    )
     from ._policy import RestartPolicy, RestartRecord
+    from ._runtime import Runtime, open_runtime, run
     from ._supervisor import ChildSpec, ChildState, ChildStatus, Restart, Strategy, Supervisor
 
 _EXPORTS: dict[str, str] = {
+    "ConnectionConfig": "._config",
+    "DevServerConfig": "._config",
+    "RuntimeConfig": "._config",
+    "WorkerSpec": "._config",
+    "ConnectionState": "._connection",
+    "ConnectionStateChanged": "._events",
+    "ServerExited": "._events",
+    "ServerReady": "._events",
+    "WorkerStateChanged": "._events",
+    "DevServerError": "._errors",
+    "PortInUse": "._errors",
+    "Runtime": "._runtime",
+    "open_runtime": "._runtime",
+    "run": "._runtime",
     "ConfigError": "._errors",
     "IdentityMismatch": "._errors",
     "RestartLimitExceeded": "._errors",
@@ -52,19 +82,33 @@ __all__ = [
     "ChildState",
     "ChildStatus",
     "ConfigError",
+    "ConnectionConfig",
+    "ConnectionState",
+    "ConnectionStateChanged",
+    "DevServerConfig",
+    "DevServerError",
     "Event",
     "EventHook",
     "IdentityMismatch",
+    "PortInUse",
     "Restart",
     "RestartLimitExceeded",
     "RestartPolicy",
     "RestartRecord",
+    "Runtime",
+    "RuntimeConfig",
+    "ServerExited",
+    "ServerReady",
     "StateFileError",
     "StigmerError",
     "Strategy",
     "Supervisor",
     "TemporalUnavailable",
+    "WorkerSpec",
+    "WorkerStateChanged",
     "__version__",
+    "open_runtime",
+    "run",
 ]
 
 

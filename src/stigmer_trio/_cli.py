@@ -149,6 +149,8 @@ def status_report(state_dir: Path, now: float | None = None) -> tuple[int, dict[
         "state_dir": str(state_dir),
         "daemon": None,
         "dev_server": None,
+        "connection": None,
+        "workers": [],
     }
     if _daemon_running(state_dir):
         daemon = _record(state_dir, "runtime.json")
@@ -161,6 +163,8 @@ def status_report(state_dir: Path, now: float | None = None) -> tuple[int, dict[
                 "uptime_s": round(now - daemon.started_at, 3),
                 "last_error": daemon.extra.get("last_error"),
             }
+            report["connection"] = daemon.extra.get("connection")
+            report["workers"] = daemon.extra.get("workers") or []
             server = daemon.extra.get("dev_server")
             if isinstance(server, dict):
                 started = server.get("started_at")
@@ -311,6 +315,12 @@ def _detach(daemon_argv: Sequence[str], state_dir: Path) -> int:
         except ValueError:
             message = {}
     event = message.get("event")
+    if event == "started":
+        print(
+            f"running, not ready yet: Temporal at {message.get('address')} does not answer; daemon pid "
+            f"{message.get('pid')} keeps reconnecting (see `{PROG} status`)"
+        )
+        return EXIT_OK
     if event == "ready":
         elapsed = time.monotonic() - began
         print(

@@ -16,7 +16,7 @@ from ._errors import ConfigError
 from ._policy import RestartPolicy
 from ._statefiles import default_state_dir
 
-__all__ = ["DevServerConfig", "RuntimeConfig", "resolve"]
+__all__ = ["ConnectionConfig", "DevServerConfig", "RuntimeConfig", "WorkerSpec", "resolve"]
 
 # Temporal namespace names: letters, digits, '-', '_' and '.', starting with a letter or digit.
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
@@ -130,16 +130,84 @@ class DevServerConfig:
         return f"127.0.0.1:{self.port}"
 
 
+# The connection's reconnect backoff: 50 ms doubling to 2 s, forever.
+DEFAULT_CONNECTION_POLICY = RestartPolicy(
+    initial_delay=0.05, backoff=0.05, multiplier=2.0, max_delay=2.0, jitter=0.1,
+    max_restarts=None, window=60.0, reset_after=10.0,
+)  # fmt: skip
+
+
+def _address(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{attribute.name} must be HOST:PORT, got {value!r}")
+
+
+def _optional_str(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{attribute.name} must be a non-empty string or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionConfig:
+    """The Temporal client connection: any address (external mode), TLS and API key included."""
+
+    address: str = attrs.field(default="127.0.0.1:7233", validator=_address)
+    namespace: str = attrs.field(default="default", validator=_optional_str)
+    tls: bool = attrs.field(default=False, validator=_bool)
+    api_key: str | None = attrs.field(default=None, validator=_optional_str, repr=False)
+    health_interval: float = attrs.field(default=1.0, validator=_seconds())
+    health_timeout: float = attrs.field(default=1.0, validator=_seconds())
+    connect_timeout: float = attrs.field(default=5.0, validator=_seconds())
+    request_timeout: float = attrs.field(default=5.0, validator=_seconds())
+    policy: RestartPolicy = attrs.field(default=DEFAULT_CONNECTION_POLICY, validator=_policy)
+
+
+def _specs(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+@attrs.frozen
+class WorkerSpec:
+    """A temporalio Worker the runtime keeps running on the current connection.
+
+    `options` passes through to ``temporalio.worker.Worker`` (anything but client, task_queue,
+    workflows, activities and the executors, which the runtime sets).
+    """
+
+    task_queue: str = attrs.field(validator=_optional_str)
+    workflows: tuple[type, ...] = attrs.field(default=(), converter=_specs, kw_only=True)
+    activities: tuple[Any, ...] = attrs.field(default=(), converter=_specs, kw_only=True)
+    graceful_shutdown_timeout: float = attrs.field(
+        default=5.0, kw_only=True, validator=_seconds(positive=False)
+    )
+    options: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True)
+    policy: RestartPolicy = attrs.field(
+        default=RestartPolicy(max_restarts=10, window=60.0), kw_only=True, validator=_policy
+    )
+
+
 @attrs.frozen(kw_only=True)
 class RuntimeConfig:
     """Everything one runtime needs. `dev_server` None is external mode (connect only)."""
 
     state_dir: Path = attrs.field(converter=_path)
     dev_server: DevServerConfig | None = attrs.field(factory=DevServerConfig)
+    # None: connect to the dev server (its address and first namespace).
+    connection: ConnectionConfig | None = None
+    workers: tuple[WorkerSpec, ...] = attrs.field(default=(), converter=_specs)
     # The runtime supervisor's intensity. Unlimited by default: every child brings a restart limit of
     # its own (the dev server's gives up after 5 restarts in 60 s). `[restart]` in the TOML file sets it.
     policy: RestartPolicy = attrs.field(default=RestartPolicy(max_restarts=None), validator=_policy)
     shutdown_timeout: float = attrs.field(default=15.0, validator=_seconds())
+
+    def effective_connection(self) -> ConnectionConfig:
+        """The connection to use: the configured one, else the dev server's address and namespace."""
+        if self.connection is not None:
+            return self.connection
+        if self.dev_server is None:
+            raise ConfigError("connection must be set in external mode (dev_server=None)")
+        return ConnectionConfig(address=self.dev_server.address, namespace=self.dev_server.namespaces[0])
 
 
 # --- precedence ----------------------------------------------------------------------------------------

@@ -15,10 +15,12 @@ __all__ = [
     "ChildExited",
     "ChildRestartScheduled",
     "ChildStarted",
+    "ConnectionStateChanged",
     "Event",
     "EventHook",
     "ServerExited",
     "ServerReady",
+    "WorkerStateChanged",
 ]
 
 
@@ -91,8 +93,28 @@ class ServerExited:
     reason: str
 
 
+@attrs.frozen
+class ConnectionStateChanged:
+    """The Temporal connection moved from `old` to `new` (ConnectionState values as strings)."""
+
+    old: str
+    new: str
+    reason: str
+    epoch: int
+
+
+@attrs.frozen
+class WorkerStateChanged:
+    """A worker of `task_queue` started polling (running=True) or stopped, on connection `epoch`."""
+
+    task_queue: str
+    running: bool
+    epoch: int
+    reason: str
+
+
 Event: TypeAlias = (
     ChildStarted | ChildExited | ChildRestartScheduled | ChildAbandoned | RestartLimitExceeded
-    | ServerReady | ServerExited
+    | ServerReady | ServerExited | ConnectionStateChanged | WorkerStateChanged
 )  # fmt: skip
 EventHook: TypeAlias = Callable[[Event], None]

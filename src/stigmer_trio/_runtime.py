@@ -4,6 +4,7 @@
 # normally after temporalio ran (the caller leaves with os._exit; see `daemon_main`).
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -11,49 +12,176 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 import trio
 import trio_asyncio
 
 from ._config import RuntimeConfig
+from ._connection import ConnectionCell, ConnectionState, serve_connection
 from ._devserver import DevServer
-from ._errors import RestartLimitExceeded, StigmerError
+from ._errors import RestartLimitExceeded, StigmerError, TemporalUnavailable
 from ._events import (
     ChildAbandoned,
     ChildExited,
     ChildRestartScheduled,
     ChildStarted,
+    ConnectionStateChanged,
     Event,
     EventHook,
     ServerExited,
     ServerReady,
+    WorkerStateChanged,
 )
+from ._hub import EventHub
 from ._statefiles import FileLock, PidRecord, ensure_state_dir, remove_pid_file, write_pid_file
 from ._supervisor import ChildSpec, Strategy, Supervisor
+from ._temporal_types import _NO_ARG
+from ._worker import WorkerStatus, serve_worker
 
-__all__ = ["daemon_main", "serve_runtime"]
+if TYPE_CHECKING:
+    from temporalio.client import Client, WorkflowHandle
+
+__all__ = ["Runtime", "daemon_main", "open_runtime", "run"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("stigmer_trio")
 
 RUNTIME_LOCK = "runtime.lock"
 RUNTIME_RECORD = "runtime.json"
+READY_WAIT = 30.0  # seconds the daemon waits for CONNECTED + workers before reporting "started"
 
 
-async def serve_runtime(
-    config: RuntimeConfig,
-    *,
-    on_event: EventHook | None = None,
-    task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
-    """The supervision tree, until cancelled; started(supervisor) once every child is running."""
-    hook = on_event or (lambda event: None)
+class Runtime:
+    """The running stack, as an embedding program sees it. Every method is trio-native and fail-fast:
+    while the connection is not CONNECTED, client(), start_workflow, execute_workflow and run_asyncio
+    raise TemporalUnavailable without any network I/O."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        hub: EventHub,
+        cell: ConnectionCell,
+        supervisor: Supervisor,
+        devserver: DevServer | None,
+        workers: dict[str, WorkerStatus],
+    ) -> None:
+        self.config = config
+        self._hub = hub
+        self._cell = cell
+        self._connection = config.effective_connection()
+        self.supervisor = supervisor
+        self._devserver = devserver
+        self._workers = workers
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._cell.state
+
+    def client(self) -> Client:
+        """The connected temporalio Client; TemporalUnavailable at once when not CONNECTED."""
+        return self._cell.client()
+
+    async def wait_connected(self) -> None:
+        """Wait until CONNECTED (wrap in trio.fail_after as you like)."""
+        await self._cell.wait_connected()
+
+    async def wait_ready(self) -> None:
+        """Wait until CONNECTED and every worker is polling."""
+        with self._hub.subscribe() as subscription:
+            while not self.status()["ready"]:
+                await subscription.receive()
+
+    def _eager(self, task_queue: str) -> bool:
+        worker = self._workers.get(task_queue)
+        return worker is not None and worker.running
+
+    async def start_workflow(
+        self, workflow: Any, arg: Any = _NO_ARG, *, id: str, task_queue: str, **kwargs: Any
+    ) -> WorkflowHandle[Any, Any]:
+        """Start a workflow; it was created, or this raised (TemporalUnavailable when Temporal is down)."""
+        from . import _temporal
+
+        client = self._cell.client()
+        try:
+            return await _temporal.start_workflow(
+                client,
+                workflow,
+                arg,
+                id=id,
+                task_queue=task_queue,
+                timeout=self._connection.request_timeout,
+                eager=self._eager(task_queue),
+                **kwargs,
+            )
+        except TemporalUnavailable:
+            self._cell.poke("probe")
+            raise
+
+    async def execute_workflow(
+        self, workflow: Any, arg: Any = _NO_ARG, *, id: str, task_queue: str, **kwargs: Any
+    ) -> Any:
+        """start_workflow, then wait for its result."""
+        from . import _temporal
+
+        handle = await self.start_workflow(workflow, arg, id=id, task_queue=task_queue, **kwargs)
+        try:
+            return await _temporal.workflow_result(handle)
+        except TemporalUnavailable:
+            self._cell.poke("probe")
+            raise
+
+    async def run_asyncio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(client, *args)`` (an asyncio coroutine function) on the runtime's bridge."""
+        from . import _temporal
+
+        client = self._cell.client()
+        try:
+            return await _temporal.run_asyncio(fn, client, *args)
+        except TemporalUnavailable:
+            self._cell.poke("probe")
+            raise
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: connection, workers, dev server; ready = CONNECTED and all workers up."""
+        workers = [w.snapshot() for w in self._workers.values()]
+        server = self._devserver.info if self._devserver is not None else None
+        return {
+            "ready": self._cell.state is ConnectionState.CONNECTED and all(w["running"] for w in workers),
+            "address": self._connection.address,
+            "connection": self._cell.snapshot(),
+            "workers": workers,
+            "dev_server": None
+            if server is None
+            else {
+                "pid": server.pid,
+                "address": server.address,
+                "adopted": server.adopted,
+                "started_at": server.started_at,
+            },
+        }
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event record from now on (a reader that falls behind loses the oldest, counted)."""
+        with self._hub.subscribe() as subscription:
+            async for event in subscription:
+                yield event
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(config: RuntimeConfig, *, hooks: Sequence[EventHook] = ()) -> AsyncIterator[Runtime]:
+    """Run the supervision tree; yields once every child has started (not necessarily connected)."""
+    connection = config.effective_connection()
     async with trio_asyncio.open_loop():
+        hub = EventHub(tuple(hooks))
+        cell = ConnectionCell(emit=hub.emit)
         children = []
+        devserver = None
         if config.dev_server is not None:
-            devserver = DevServer(config.dev_server, config.state_dir, on_event=hook)
+            devserver = DevServer(config.dev_server, config.state_dir, on_event=hub.emit)
             children.append(
                 ChildSpec(
                     "devserver",
@@ -62,13 +190,44 @@ async def serve_runtime(
                     shutdown_timeout=2 * config.dev_server.stop_timeout + 1.0,
                 )
             )
+        children.append(
+            ChildSpec(
+                "connection", functools.partial(serve_connection, connection, cell, hub), shutdown_timeout=2.0
+            )
+        )
+        workers: dict[str, WorkerStatus] = {}
+        for spec in config.workers:
+            status = workers[spec.task_queue] = WorkerStatus(spec.task_queue)
+            children.append(
+                ChildSpec(
+                    f"worker:{spec.task_queue}",
+                    functools.partial(serve_worker, spec, cell, status, hub.emit),
+                    policy=spec.policy,
+                    shutdown_timeout=spec.graceful_shutdown_timeout + 2.0,
+                )
+            )
+        # ONE_FOR_ONE: a dev-server restart must not tear down the connection and the workers; they
+        # follow it through events (ServerExited / ServerReady) and connection epochs instead.
         supervisor = Supervisor(
-            children, strategy=Strategy.REST_FOR_ONE, policy=config.policy, name="runtime", on_event=hook
+            children, strategy=Strategy.ONE_FOR_ONE, policy=config.policy, name="runtime", on_event=hub.emit
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.serve)
-            task_status.started(supervisor)
-        raise AssertionError("unreachable: Supervisor.serve never returns")  # pragma: no cover
+            runtime = Runtime(config, hub, cell, supervisor, devserver, workers)
+            try:
+                yield runtime
+            finally:
+                nursery.cancel_scope.cancel(reason="runtime closing")
+
+
+def run(config: RuntimeConfig, *, hooks: Sequence[EventHook] = ()) -> None:
+    """The blocking form: run the runtime until cancelled (Ctrl-C)."""
+
+    async def main() -> None:
+        async with open_runtime(config, hooks=hooks):
+            await trio.sleep_forever()
+
+    trio.run(main)
 
 
 class _StatusFile:
@@ -85,14 +244,18 @@ class _StatusFile:
         self.dev_server: dict[str, Any] | None = None
         self.restarts = 0
         self.last_error: str | None = None
+        self.runtime: Runtime | None = None
 
     def write(self) -> None:
         pid, create_time, cmdline = self.identity
+        live = self.runtime.status() if self.runtime is not None else None
         extra = {
             "state_dir": str(self.config.state_dir),
-            "ready": self.ready,
-            "address": self.dev_server["address"] if self.dev_server else None,
+            "ready": bool(live and live["ready"]) and (self.config.dev_server is None or self.ready),
+            "address": live["address"] if live else None,
             "dev_server": self.dev_server,
+            "connection": live["connection"] if live else None,
+            "workers": live["workers"] if live else [],
             "last_error": self.last_error,
         }
         write_pid_file(self.path, PidRecord(pid, create_time, cmdline, self.started_at, extra))
@@ -116,7 +279,7 @@ class _StatusFile:
             self.restarts += 1
             if self.dev_server is not None:
                 self.dev_server = {**self.dev_server, "restarts": self.restarts}
-        else:
+        elif not isinstance(event, ConnectionStateChanged | WorkerStateChanged):
             return
         self.write()
 
@@ -159,10 +322,6 @@ async def _daemon(config: RuntimeConfig, status: _StatusFile, notify: Notify) ->
     began = trio.current_time()
     failure: BaseException | None = None
 
-    def hook(event: Event) -> None:
-        _log_event(event)
-        status.on_event(event)
-
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -175,18 +334,23 @@ async def _daemon(config: RuntimeConfig, status: _StatusFile, notify: Notify) ->
             async def run_tree() -> None:
                 nonlocal failure
                 try:
-                    async with trio.open_nursery() as tree:
-                        await tree.start(functools.partial(serve_runtime, config, on_event=hook))
+                    async with open_runtime(config, hooks=(_log_event, status.on_event)) as runtime:
+                        status.runtime = runtime
+                        status.write()
+                        with trio.move_on_after(READY_WAIT):
+                            await runtime.wait_ready()
                         elapsed = trio.current_time() - began
-                        logger.info("ready after %.3f s", elapsed)
+                        ready = runtime.status()["ready"]
+                        logger.info("%s after %.3f s", "ready" if ready else "started, not ready", elapsed)
                         notify(
                             {
-                                "event": "ready",
+                                "event": "ready" if ready else "started",
                                 "pid": os.getpid(),
-                                "address": status.dev_server["address"] if status.dev_server else None,
+                                "address": runtime.status()["address"],
                                 "elapsed": elapsed,
                             }
                         )
+                        await trio.sleep_forever()
                 except* StigmerError as group:
                     failure = _first_leaf(group)
                 nursery.cancel_scope.cancel(reason="supervision tree ended")

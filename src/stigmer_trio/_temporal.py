@@ -8,17 +8,35 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 import trio_asyncio
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
 
 from ._errors import TemporalUnavailable
+from ._temporal_types import _NO_ARG
 
-__all__ = ["Client", "check_health", "connect", "describe_namespace", "probe"]
+if TYPE_CHECKING:
+    from ._config import WorkerSpec
+
+__all__ = [
+    "Client",
+    "Worker",
+    "check_health",
+    "connect",
+    "describe_namespace",
+    "make_worker",
+    "probe",
+    "run_asyncio",
+    "run_worker",
+    "shutdown_worker",
+    "start_workflow",
+    "workflow_result",
+]
 
 T = TypeVar("T")
 
@@ -48,9 +66,11 @@ async def _call(call: Callable[[], Awaitable[T]], *, timeout: float, what: str, 
         return result
 
 
-async def connect(address: str, namespace: str, *, timeout: float) -> Client:
+async def connect(
+    address: str, namespace: str, *, timeout: float, tls: bool = False, api_key: str | None = None
+) -> Client:
     """Client.connect bounded by `timeout` (the SDK alone waits 30 s on a hung server)."""
-    call = functools.partial(Client.connect, address, namespace=namespace)
+    call = functools.partial(Client.connect, address, namespace=namespace, tls=tls, api_key=api_key)
     return await _call(call, timeout=timeout, what="connect to", address=address)
 
 
@@ -79,3 +99,71 @@ async def probe(client: Client, namespaces: tuple[str, ...], *, timeout: float) 
     await check_health(client, timeout=timeout)
     for namespace in namespaces:
         await describe_namespace(client, namespace, timeout=max(0.001, deadline - trio.current_time()))
+
+
+async def start_workflow(
+    client: Client,
+    workflow: Any,
+    arg: Any,
+    *,
+    id: str,
+    task_queue: str,
+    timeout: float,
+    eager: bool,
+    **kwargs: Any,
+) -> WorkflowHandle[Any, Any]:
+    """Start a workflow (eagerly when a local worker serves the queue); TemporalUnavailable when down."""
+    args = () if arg is _NO_ARG else (arg,)
+    call = functools.partial(
+        client.start_workflow,
+        workflow,
+        *args,
+        id=id,
+        task_queue=task_queue,
+        rpc_timeout=timedelta(seconds=timeout),
+        request_eager_start=eager,
+        **kwargs,
+    )
+    handle: WorkflowHandle[Any, Any] = await _call(
+        call, timeout=timeout, what="start workflow on", address=client.service_client.config.target_host
+    )
+    return handle
+
+
+async def workflow_result(handle: WorkflowHandle[Any, Any]) -> Any:
+    """Wait for a workflow's result (no deadline of ours: workflows may run for long)."""
+    with _unavailable_on_failure("workflow result from", handle.id):
+        return await trio_asyncio.aio_as_trio(handle.result)()
+
+
+async def run_asyncio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run an asyncio coroutine function on the runtime's loop."""
+    result: T = await trio_asyncio.aio_as_trio(fn)(*args)
+    return result
+
+
+def make_worker(
+    client: Client, spec: WorkerSpec, on_fatal_error: Callable[[BaseException], Awaitable[None]]
+) -> Worker:
+    """A temporalio Worker for `spec` whose executors trio-asyncio accepts."""
+    options = dict(spec.options)
+    executor = trio_asyncio.TrioExecutor(max_workers=options.pop("max_workers", 200))
+    return Worker(
+        client,
+        task_queue=spec.task_queue,
+        workflows=list(spec.workflows),
+        activities=list(spec.activities),
+        workflow_task_executor=executor,
+        activity_executor=executor,
+        graceful_shutdown_timeout=timedelta(seconds=spec.graceful_shutdown_timeout),
+        on_fatal_error=on_fatal_error,
+        **options,
+    )
+
+
+async def run_worker(worker: Worker) -> None:
+    await trio_asyncio.aio_as_trio(worker.run)()
+
+
+async def shutdown_worker(worker: Worker) -> None:
+    await trio_asyncio.aio_as_trio(worker.shutdown)()

@@ -1,0 +1,180 @@
+# The connection child: keeps a Temporal client connected and says, without waiting, whether it is.
+# Owns the ConnectionCell (state + current client + epoch, read synchronously by everyone) and the
+# health loop. It calls started() at once — the runtime must start before Temporal does — and then
+# reconnects with backoff forever (ConnectionConfig.policy), which is its whole job: an unexpected bug
+# still raises and is restarted by the Supervisor. Fast paths: ServerExited drops to DISCONNECTED at
+# once; ServerReady and a request's UNAVAILABLE skip the backoff sleep / the probe interval.
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._config import ConnectionConfig
+from ._errors import TemporalUnavailable
+from ._events import ConnectionStateChanged, Event, ServerExited, ServerReady
+from ._hub import EventHub
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+__all__ = ["ConnectionCell", "ConnectionState", "serve_connection"]
+
+
+class ConnectionState(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+class ConnectionCell:
+    """The current connection: readers read it without awaiting; only the connection child writes it."""
+
+    def __init__(self, emit: Callable[[Event], None] | None = None) -> None:
+        self.state = ConnectionState.CONNECTING
+        self.epoch = 0  # +1 on every successful (re)connection
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._client: Client | None = None
+        self._emit = emit or (lambda event: None)
+        self._changed = trio.Event()
+        self._wake = trio.Event()
+        self._flags: set[str] = set()
+
+    # --- readers -------------------------------------------------------------------------------------
+    def client(self) -> Client:
+        """The connected client, or TemporalUnavailable at once (no network I/O) when not CONNECTED."""
+        client = self._client
+        if self.state is not ConnectionState.CONNECTED or client is None:
+            why = f": {self.last_error}" if self.last_error else ""
+            raise TemporalUnavailable(f"Temporal is {self.state.value}{why}")
+        return client
+
+    async def wait_until(self, predicate: Callable[[ConnectionCell], bool]) -> None:
+        while not predicate(self):
+            await self._changed.wait()
+
+    async def wait_connected(self) -> tuple[Client, int]:
+        """Wait until CONNECTED; the client and its epoch."""
+        await self.wait_until(lambda cell: cell.state in (ConnectionState.CONNECTED, ConnectionState.CLOSED))
+        if self.state is ConnectionState.CLOSED:
+            raise TemporalUnavailable("the runtime is closing")
+        return self.client(), self.epoch
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "epoch": self.epoch,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
+
+    # --- signals to the connection child -------------------------------------------------------------
+    def poke(self, flag: str) -> None:
+        """Wake the connection child: 'probe' (a request met UNAVAILABLE), 'exited', 'ready'."""
+        self._flags.add(flag)
+        self._wake.set()
+
+    async def wait_poke(self, seconds: float, *wanted: str) -> str | None:
+        """Wait up to `seconds` for one of the `wanted` pokes; which one (consumed), or None on timeout."""
+        with trio.move_on_after(seconds):
+            while True:
+                for flag in wanted:
+                    if flag in self._flags:
+                        self._flags.discard(flag)
+                        return flag
+                self._wake = trio.Event()
+                await self._wake.wait()
+        return None
+
+    def forget(self, *flags: str) -> None:
+        self._flags.difference_update(flags)
+
+    def on_event(self, event: Event) -> None:
+        """Hub hook: the dev server's exits and readiness drive the fast paths."""
+        if isinstance(event, ServerExited):
+            self.poke("exited")
+        elif isinstance(event, ServerReady):
+            self.poke("ready")
+
+    # --- the writer ----------------------------------------------------------------------------------
+    def transition(self, new: ConnectionState, reason: str, client: Client | None = None) -> None:
+        old = self.state
+        if new is ConnectionState.CONNECTED:
+            self.epoch += 1
+            if self.epoch > 1:
+                self.reconnects += 1
+            self.last_error = None
+        elif new is ConnectionState.DISCONNECTED:
+            self.last_error = reason
+        self._client = client if new is ConnectionState.CONNECTED else None
+        self.state = new
+        if old is not new or new is ConnectionState.CONNECTED:
+            changed, self._changed = self._changed, trio.Event()
+            changed.set()
+            self._emit(ConnectionStateChanged(old.value, new.value, reason, self.epoch))
+
+
+async def serve_connection(
+    config: ConnectionConfig,
+    cell: ConnectionCell,
+    hub: EventHub,
+    *,
+    rng: random.Random | None = None,
+    task_status: trio.TaskStatus[ConnectionCell] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect, watch, reconnect, forever. started() at once: nobody waits for Temporal to start."""
+    from . import _temporal
+
+    rng = rng or random.Random()
+    hub.add_hook(cell.on_event)
+    task_status.started(cell)
+    attempt = 0
+    try:
+        while True:
+            cell.forget("exited", "probe")  # stale; a "ready" that came during a failed attempt counts
+            cell.transition(ConnectionState.CONNECTING, f"attempt {attempt + 1}")
+            try:
+                with trio.fail_after(config.connect_timeout):
+                    client = await _temporal.connect(
+                        config.address,
+                        config.namespace,
+                        timeout=config.connect_timeout,
+                        tls=config.tls,
+                        api_key=config.api_key,
+                    )
+                    await _temporal.describe_namespace(
+                        client, config.namespace, timeout=config.health_timeout
+                    )
+            except (TemporalUnavailable, trio.TooSlowError) as exc:
+                attempt += 1
+                cell.transition(ConnectionState.DISCONNECTED, str(exc) or "connect timed out")
+                # Back off, unless a dev server says it has just become ready: then go at once.
+                await cell.wait_poke(config.policy.delay(attempt, rng), "ready")
+                continue
+            attempt = 0
+            cell.forget("ready", "exited", "probe")
+            cell.transition(ConnectionState.CONNECTED, "connected", client)
+            reason = await _watch(config, cell, client)
+            cell.transition(ConnectionState.DISCONNECTED, reason)
+            attempt = 1  # the first reconnect waits initial_delay, unless the server says it is ready
+            await cell.wait_poke(config.policy.delay(attempt, rng), "ready")
+    finally:
+        cell.transition(ConnectionState.CLOSED, "runtime stopping")
+
+
+async def _watch(config: ConnectionConfig, cell: ConnectionCell, client: Client) -> str:
+    """Probe every health_interval (or at once when poked); return why the connection is down."""
+    from . import _temporal
+
+    while True:
+        if await cell.wait_poke(config.health_interval, "exited", "probe") == "exited":
+            return "the dev server exited"
+        try:
+            await _temporal.check_health(client, timeout=config.health_timeout)
+        except TemporalUnavailable as exc:
+            return str(exc)

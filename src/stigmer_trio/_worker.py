@@ -1,0 +1,127 @@
+# The worker child, one per WorkerSpec: a temporalio Worker bound to the current connection.
+# Owns the Worker's lifetime: built when CONNECTED, replaced at once on a new connection epoch (after
+# an outage the SDK's own pollers back off up to 10 s; a fresh Worker polls now), and every shutdown is
+# bounded (graceful_shutdown_timeout, then cancel: against a hung server the SDK waits 30 s). Must
+# never: loop on its own failures (Worker.run() raising or on_fatal_error ends this lifetime; the
+# Supervisor restarts it by policy), or leave a Worker running after it returns.
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._config import WorkerSpec
+from ._connection import ConnectionCell, ConnectionState
+from ._errors import StigmerError
+from ._events import EventHook, WorkerStateChanged
+
+if TYPE_CHECKING:
+    from ._temporal import Worker
+
+__all__ = ["WorkerFailed", "WorkerStatus", "serve_worker"]
+
+
+class WorkerFailed(StigmerError):
+    """A Worker stopped on its own (Worker.run() raised or returned, or a fatal error was reported)."""
+
+
+class WorkerStatus:
+    """What `status` reports for one worker; written by its child only."""
+
+    def __init__(self, task_queue: str) -> None:
+        self.task_queue = task_queue
+        self.running = False
+        self.restarts = 0
+        self.epoch = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "task_queue": self.task_queue,
+            "running": self.running,
+            "restarts": self.restarts,
+            "epoch": self.epoch,
+        }
+
+
+async def serve_worker(
+    spec: WorkerSpec,
+    cell: ConnectionCell,
+    status: WorkerStatus,
+    emit: EventHook,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """One lifetime: a Worker per connection epoch until the Worker itself fails (raise) or cancel."""
+    task_status.started()  # like the connection: running does not wait for Temporal
+    while True:
+        client, epoch = await cell.wait_connected()
+        await _one_epoch(spec, cell, status, emit, client, epoch)
+
+
+async def _one_epoch(
+    spec: WorkerSpec, cell: ConnectionCell, status: WorkerStatus, emit: EventHook, client: Any, epoch: int
+) -> None:
+    """Run one Worker until the connection epoch changes (return) or the Worker fails (raise)."""
+    from . import _temporal
+
+    failure: BaseException | None = None
+    stopping = False
+    fatal = trio.Event()
+
+    async def on_fatal_error(error: BaseException) -> None:  # called on the asyncio side
+        nonlocal failure
+        failure = error
+        fatal.set()
+
+    worker = _temporal.make_worker(client, spec, on_fatal_error)
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            nonlocal failure
+            try:
+                await _temporal.run_worker(worker)
+                if not stopping:
+                    failure = failure or WorkerFailed(f"the worker of {spec.task_queue!r} returned")
+            except Exception as exc:
+                if not stopping:
+                    failure = exc
+            nursery.cancel_scope.cancel(reason="worker ended")
+
+        async def watch() -> None:
+            await cell.wait_until(lambda c: c.epoch != epoch or c.state is ConnectionState.CLOSED)
+            nursery.cancel_scope.cancel(reason="new connection epoch")
+
+        async def watch_fatal() -> None:
+            await fatal.wait()
+            nursery.cancel_scope.cancel(reason="fatal worker error")
+
+        nursery.start_soon(run)
+        nursery.start_soon(watch)
+        nursery.start_soon(watch_fatal)
+        status.running, status.epoch = True, epoch
+        emit(WorkerStateChanged(spec.task_queue, True, epoch, "polling"))
+        try:
+            await trio.sleep_forever()
+        finally:
+            status.running = False
+            stopping = True
+            with trio.CancelScope(shield=True):
+                await _shutdown(worker, spec)
+    emit(
+        WorkerStateChanged(
+            spec.task_queue, False, epoch, "replaced" if failure is None else f"failed: {failure}"
+        )
+    )
+    if failure is not None:
+        status.restarts += 1
+        raise WorkerFailed(f"the worker of task queue {spec.task_queue!r} failed: {failure}") from failure
+
+
+async def _shutdown(worker: Worker, spec: WorkerSpec) -> None:
+    """Worker.shutdown() within graceful_shutdown_timeout (+1 s for the SDK's own bookkeeping)."""
+    from . import _temporal
+
+    with trio.move_on_after(spec.graceful_shutdown_timeout + 1.0):
+        with contextlib.suppress(Exception):  # already shut down, or never started: nothing to stop
+            await _temporal.shutdown_worker(worker)
