@@ -255,6 +255,8 @@ class DevServer:
             str(binary), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
             "--port", str(ports["grpc"]), "--http-port", str(ports["http"]),
             "--metrics-port", str(ports["metrics"]), "--log-format", "json",
+            # The runtime's client and workers share a process: let it start workflows eagerly.
+            "--dynamic-config-value", "system.enableEagerWorkflowStart=true",
         ]  # fmt: skip
         if config.persist:
             command += ["--db-filename", str(config.db_filename or self.paths.db)]
