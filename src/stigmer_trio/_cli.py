@@ -73,6 +73,21 @@ def _add_up_options(parser: argparse.ArgumentParser) -> None:
         dest="persist",
         help="no db file: state dies with it",
     )
+    parser.add_argument(
+        "--external",
+        metavar="HOST:PORT",
+        help="no dev server: connect to this Temporal (scale out: many runtimes, one task queue)",
+    )
+    parser.add_argument(
+        "--worker",
+        action="append",
+        dest="workers",
+        metavar="MODULE:ATTR",
+        help="a WorkerSpec, or a zero-argument callable returning one or a list (repeatable)",
+    )
+    parser.add_argument(
+        "--no-demo", action="store_const", const=False, dest="demo_worker", help="no built-in demo worker"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--timeout", type=float, default=15.0, metavar="S", help="graceful stop budget (15)")
     restart = commands.add_parser("restart", help="stop, then start the runtime in the background")
     _add_up_options(restart)
+    demo = commands.add_parser("demo", help="run the built-in demo workflow through the daemon's worker")
+    _add_location(demo)
+    demo.add_argument("--name", default="stigmer", help="who to greet")
     status = commands.add_parser("status", help="is the runtime running and ready? (exit 0 / 1 / 3)")
     _add_location(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -246,9 +264,20 @@ def _full_config(
         "binary": args.binary,
         "start_timeout": args.start_timeout,
         "persist": args.persist,
+        "external": args.external,
+        "demo_worker": args.demo_worker,
     }
+    names = list(args.workers or ())
+    if not names:
+        raw = env.get("STIGMER_TRIO_WORKERS") or file.get("workers")
+        names = [n.strip() for n in raw.split(",") if n.strip()] if isinstance(raw, str) else list(raw or [])
+    flags["workers"] = [spec for name in names for spec in load_worker_specs(name)]
     try:
-        config = resolve(flags=flags, env=env, file=file)
+        config = resolve(flags=flags, env=env, file={k: v for k, v in file.items() if k != "workers"})
+        if args.demo_worker is None and "STIGMER_TRIO_DEMO_WORKER" not in env and "demo_worker" not in file:
+            import attrs
+
+            config = attrs.evolve(config, demo_worker=True)  # the daemon runs the demo worker by default
         ensure_state_dir(config.state_dir)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
@@ -411,7 +440,95 @@ def _daemon_argv(args: argparse.Namespace, state_dir: Path) -> list[str]:
         argv += ["--namespace", namespace]
     if args.persist is False:
         argv.append("--in-memory")
+    if args.external is not None:
+        argv += ["--external", args.external]
+    for worker in args.workers or ():
+        argv += ["--worker", worker]
+    if args.demo_worker is False:
+        argv.append("--no-demo")
     return argv
+
+
+def load_worker_specs(name: str) -> list[Any]:
+    """`MODULE:ATTR` -> WorkerSpecs: a WorkerSpec, or a zero-argument callable returning one or a list."""
+    import importlib
+
+    from ._config import WorkerSpec
+
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"--worker {name!r}: expected MODULE:ATTR")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise UsageError(
+            f"--worker {name!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    try:
+        value = getattr(module, attr)
+    except AttributeError:
+        raise UsageError(f"--worker {name!r}: module {module_name!r} has no attribute {attr!r}") from None
+    if callable(value) and not isinstance(value, WorkerSpec):
+        try:
+            value = value()
+        except Exception as exc:
+            raise UsageError(f"--worker {name!r}: calling it raised {type(exc).__name__}: {exc}") from None
+    specs = value if isinstance(value, list | tuple) else [value]
+    if not specs or not all(isinstance(spec, WorkerSpec) for spec in specs):
+        raise UsageError(
+            f"--worker {name!r}: expected a WorkerSpec or a zero-argument callable returning one or a "
+            f"list of them, got {type(value).__name__}"
+        )
+    return list(specs)
+
+
+def _demo(args: argparse.Namespace, state_dir: Path) -> int:
+    """Run the demo workflow through the running daemon's demo worker; print result and latency."""
+    record = _record(state_dir, "runtime.json") if _daemon_running(state_dir) else None
+    if record is None or not record.extra.get("ready"):
+        _say(f"no ready daemon in {state_dir}: start one with `{PROG} up --detach` first")
+        return EXIT_NOT_RUNNING
+    workers = record.extra.get("workers") or []
+    from ._demo import DEMO_TASK_QUEUE
+
+    if not any(w.get("task_queue") == DEMO_TASK_QUEUE and w.get("running") for w in workers):
+        _say("the running daemon has no demo worker (started with --no-demo)")
+        return EXIT_FAILURE
+    address = record.extra.get("address")
+    namespace = record.extra.get("namespace") or "default"
+    code = _run_demo(str(address), namespace, args.name)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_demo(address: str, namespace: str, name: str) -> int:
+    import asyncio
+    import uuid
+
+    from temporalio.client import Client
+
+    from ._demo import DEMO_TASK_QUEUE, StigmerDemo
+
+    async def main() -> int:
+        client = await asyncio.wait_for(Client.connect(address, namespace=namespace), 10)
+        began = time.perf_counter()
+        result = await asyncio.wait_for(
+            client.execute_workflow(
+                StigmerDemo.run, name, id=f"stigmer-demo-{uuid.uuid4()}", task_queue=DEMO_TASK_QUEUE
+            ),
+            30,
+        )
+        print(f"{result}  ({(time.perf_counter() - began) * 1000:.1f} ms round trip via {address})")
+        return EXIT_OK
+
+    try:
+        return asyncio.run(main())
+    except Exception as exc:
+        _say(f"the demo workflow failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAILURE
 
 
 # --- stop ----------------------------------------------------------------------------------------------
@@ -511,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         file = _load_toml(args.config)
         if args.command == "status":
             return _status(args, _state_dir(args, env, file))
+        if args.command == "demo":
+            return _demo(args, _state_dir(args, env, file))
         if args.command == "stop":
             return _stop(args, _state_dir(args, env, file))
         if args.command == "restart":

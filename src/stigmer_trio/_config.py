@@ -196,6 +196,8 @@ class RuntimeConfig:
     # None: connect to the dev server (its address and first namespace).
     connection: ConnectionConfig | None = None
     workers: tuple[WorkerSpec, ...] = attrs.field(default=(), converter=_specs)
+    # Also run the built-in demo worker (task queue "stigmer-trio-demo"); the CLI's daemon does.
+    demo_worker: bool = attrs.field(default=False, validator=_bool)
     # The runtime supervisor's intensity. Unlimited by default: every child brings a restart limit of
     # its own (the dev server's gives up after 5 restarts in 60 s). `[restart]` in the TOML file sets it.
     policy: RestartPolicy = attrs.field(default=RestartPolicy(max_restarts=None), validator=_policy)
@@ -231,7 +233,7 @@ def _env_value(key: str, raw: str) -> Any:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if key == "persist":
+    if key in ("persist", "demo_worker"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
@@ -266,7 +268,11 @@ def resolve(
     `flags` holds only the options the user gave (None values are ignored); `file` is the parsed TOML.
     """
     file = file or {}
-    _check_keys(file, ("state_dir", "dev_server", "shutdown_timeout", "restart"), "config file")
+    _check_keys(
+        file,
+        ("state_dir", "dev_server", "shutdown_timeout", "restart", "external", "demo_worker"),
+        "config file",
+    )
     runtime_policy = _table(file.get("restart", {}), "[restart]")
     _check_keys(runtime_policy, _POLICY_KEYS, "[restart]")
     file_dev = dict(_table(file.get("dev_server", {}), "[dev_server]"))
@@ -299,7 +305,20 @@ def resolve(
         except ConfigError as exc:
             raise ConfigError(f"[dev_server.restart] {exc}") from None
     shutdown = pick("shutdown_timeout", file)
-    runtime: dict[str, Any] = {"state_dir": state_dir, "dev_server": DevServerConfig(**dev)}
+    dev_server = DevServerConfig(**dev)
+    runtime: dict[str, Any] = {"state_dir": state_dir, "dev_server": dev_server}
+    external = pick("external", file)
+    if external is not None:
+        runtime["dev_server"] = None
+        try:
+            runtime["connection"] = ConnectionConfig(address=external, namespace=dev_server.namespaces[0])
+        except ConfigError:
+            raise ConfigError(f"external must be HOST:PORT, got {external!r}") from None
+    demo = pick("demo_worker", file)
+    if demo is not None:
+        runtime["demo_worker"] = demo
+    if flags.get("workers"):
+        runtime["workers"] = tuple(flags["workers"])
     if runtime_policy:
         try:
             runtime["policy"] = RestartPolicy(**{"max_restarts": None, **runtime_policy})

@@ -19,10 +19,10 @@ import psutil
 import trio
 import trio_asyncio
 
-from ._config import RuntimeConfig
+from ._config import RuntimeConfig, WorkerSpec
 from ._connection import ConnectionCell, ConnectionState, serve_connection
 from ._devserver import DevServer
-from ._errors import RestartLimitExceeded, StigmerError, TemporalUnavailable
+from ._errors import ConfigError, RestartLimitExceeded, StigmerError, TemporalUnavailable
 from ._events import (
     ChildAbandoned,
     ChildExited,
@@ -89,11 +89,19 @@ class Runtime:
         """Wait until CONNECTED (wrap in trio.fail_after as you like)."""
         await self._cell.wait_connected()
 
-    async def wait_ready(self) -> None:
-        """Wait until CONNECTED and every worker is polling."""
+    async def wait_ready(self, *, give_up_when_disconnected: bool = False) -> bool:
+        """Wait until CONNECTED and every worker is polling (True); with `give_up_when_disconnected`,
+        return False at the first failed connection attempt instead of waiting for Temporal."""
         with self._hub.subscribe() as subscription:
             while not self.status()["ready"]:
-                await subscription.receive()
+                event = await subscription.receive()
+                if (
+                    give_up_when_disconnected
+                    and isinstance(event, ConnectionStateChanged)
+                    and event.new == ConnectionState.DISCONNECTED.value
+                ):
+                    return False
+        return True
 
     def _eager(self, task_queue: str) -> bool:
         worker = self._workers.get(task_queue)
@@ -152,6 +160,7 @@ class Runtime:
         return {
             "ready": self._cell.state is ConnectionState.CONNECTED and all(w["running"] for w in workers),
             "address": self._connection.address,
+            "namespace": self._connection.namespace,
             "connection": self._cell.snapshot(),
             "workers": workers,
             "dev_server": None
@@ -196,7 +205,14 @@ async def open_runtime(config: RuntimeConfig, *, hooks: Sequence[EventHook] = ()
             )
         )
         workers: dict[str, WorkerStatus] = {}
-        for spec in config.workers:
+        specs = list(config.workers)
+        if config.demo_worker:
+            from ._demo import DEMO_TASK_QUEUE, StigmerDemo, greet
+
+            specs.append(WorkerSpec(DEMO_TASK_QUEUE, workflows=[StigmerDemo], activities=[greet]))
+        for spec in specs:
+            if spec.task_queue in workers:
+                raise ConfigError(f"workers: two WorkerSpecs for task queue {spec.task_queue!r}")
             status = workers[spec.task_queue] = WorkerStatus(spec.task_queue)
             children.append(
                 ChildSpec(
@@ -253,6 +269,7 @@ class _StatusFile:
             "state_dir": str(self.config.state_dir),
             "ready": bool(live and live["ready"]) and (self.config.dev_server is None or self.ready),
             "address": live["address"] if live else None,
+            "namespace": live["namespace"] if live else None,
             "dev_server": self.dev_server,
             "connection": live["connection"] if live else None,
             "workers": live["workers"] if live else [],
@@ -338,7 +355,7 @@ async def _daemon(config: RuntimeConfig, status: _StatusFile, notify: Notify) ->
                         status.runtime = runtime
                         status.write()
                         with trio.move_on_after(READY_WAIT):
-                            await runtime.wait_ready()
+                            await runtime.wait_ready(give_up_when_disconnected=True)
                         elapsed = trio.current_time() - began
                         ready = runtime.status()["ready"]
                         logger.info("%s after %.3f s", "ready" if ready else "started, not ready", elapsed)

@@ -839,3 +839,86 @@ class TestRestart:
         assert server != server_identity(after)
         assert stack.address == after["dev_server"]["address"]
         assert [] == wait_gone([daemon, server], timeout=5.0)
+
+
+APPS = str(Path(__file__).parent / "apps")
+
+
+class TestWorkersAndExternalMode:
+    def test_worker_specs_from_the_command_line(self, stack: Stack) -> None:
+        """--worker MODULE:ATTR (a spec, or a callable giving a list) runs them beside the demo."""
+        result = stack.cli(*stack.up_args("--worker", "cli_workers:spec", "--worker", "cli_workers:pair"),
+                           env={"PYTHONPATH": APPS})  # fmt: skip
+        assert 0 == result.returncode, (result.stderr, stack.daemon_log())
+        code, report = stack.status()
+        assert 0 == code
+        queues = sorted(w["task_queue"] for w in report["workers"] if w["running"])
+        assert ["cli-a", "cli-b", "cli-q", "stigmer-trio-demo"] == queues
+        assert "connected" == report["connection"]["state"]
+
+    @pytest.mark.parametrize(
+        ("worker", "needle"),
+        [
+            ("nocolon", "expected MODULE:ATTR"),
+            ("no_such_module_xyz:spec", "cannot import 'no_such_module_xyz'"),
+            ("cli_workers:missing", "has no attribute 'missing'"),
+            ("cli_workers:not_a_spec", "expected a WorkerSpec"),
+            ("cli_workers:explodes", "calling it raised ValueError: configuration missing"),
+        ],
+    )
+    def test_bad_worker_spec_is_one_line_exit_2(self, stack: Stack, worker: str, needle: str) -> None:
+        """A bad --worker names the spec in one line, exits 2 and starts nothing."""
+        result = stack.cli(*stack.up_args("--worker", worker), env={"PYTHONPATH": APPS})
+        assert 2 == result.returncode
+        line = one_line(result.stderr)
+        assert f"--worker {worker!r}" in line
+        assert needle in line
+        assert not stack.state_dir.exists()
+
+    def test_demo_runs_a_workflow_through_the_daemon(self, stack: Stack) -> None:
+        """`demo` runs the built-in workflow on the daemon's demo worker and prints result and latency."""
+        stack.start()
+        result = stack.cli("demo", "--state-dir", str(stack.state_dir), "--name", "tester")
+        assert 0 == result.returncode, result.stderr
+        assert result.stdout.startswith("hello tester, from worker pid ")
+        assert " ms round trip via " + stack.address in result.stdout
+
+    def test_demo_without_a_daemon(self, stack: Stack) -> None:
+        """`demo` with nothing running says how to start it (exit 3)."""
+        result = stack.cli("demo", "--state-dir", str(stack.state_dir))
+        assert 3 == result.returncode
+        assert "up --detach" in one_line(result.stderr)
+
+    def test_external_mode_joins_another_temporal(self, stack: Stack, tmp_path: Path) -> None:
+        """A second daemon with --external runs workers against the first one's server, no dev server."""
+        stack.start()
+        other = Stack(tmp_path / "other", free_port())
+        try:
+            result = other.cli(
+                "up", "--detach", "--state-dir", str(other.state_dir), "--external", stack.address,
+                "--worker", "cli_workers:spec", env={"PYTHONPATH": APPS},
+            )  # fmt: skip
+            assert 0 == result.returncode, (result.stderr, other.daemon_log())
+            code, report = other.status()
+            assert (0, None) == (code, report["dev_server"])
+            assert "connected" == report["connection"]["state"]
+            assert ["cli-q", "stigmer-trio-demo"] == sorted(w["task_queue"] for w in report["workers"])
+            assert not (other.state_dir / "devserver.json").exists()
+        finally:
+            other.stop()
+            assert [] == wait_gone(list(other.tracked.values()))
+
+    def test_external_mode_starts_before_temporal(self, stack: Stack) -> None:
+        """--external against a port where nothing listens: the daemon runs, not ready, and keeps trying."""
+        result = stack.cli("up", "--detach", "--state-dir", str(stack.state_dir), "--external", stack.address)
+        assert 0 == result.returncode, result.stderr
+        assert "not ready yet" in result.stdout
+        code, report = stack.status()
+        assert 1 == code
+        assert report["connection"]["state"] in ("connecting", "disconnected")
+
+    def test_bad_external_address(self, stack: Stack) -> None:
+        """--external needs HOST:PORT."""
+        result = stack.cli("up", "--detach", "--state-dir", str(stack.state_dir), "--external", "nowhere")
+        assert 2 == result.returncode
+        assert "external must be HOST:PORT, got 'nowhere'" in one_line(result.stderr)

@@ -1,0 +1,24 @@
+# The built-in demo: a workflow and an activity the daemon's demo worker serves, so that a new user sees
+# the stack work with `python -m stigmer_trio up` then `python -m stigmer_trio demo`. Rule: no trio
+# import here (the workflow sandbox re-imports this module).
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+from temporalio import activity, workflow
+
+DEMO_TASK_QUEUE = "stigmer-trio-demo"
+
+
+@activity.defn(name="stigmer_demo_greet")
+async def greet(name: str) -> str:
+    return f"hello {name}, from worker pid {os.getpid()} on {socket.gethostname()}"
+
+
+@workflow.defn(name="StigmerDemo")
+class StigmerDemo:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        return await workflow.execute_activity(greet, name, start_to_close_timeout=timedelta(seconds=10))
