@@ -1,0 +1,315 @@
+"""The connection state machine and the worker lifecycle in virtual time, with a fake Temporal bridge."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from stigmer_trio import (
+    ConnectionConfig,
+    ConnectionState,
+    ConnectionStateChanged,
+    RestartPolicy,
+    ServerExited,
+    ServerReady,
+    TemporalUnavailable,
+    WorkerSpec,
+)
+from stigmer_trio import _temporal as bridge
+from stigmer_trio._connection import ConnectionCell, serve_connection
+from stigmer_trio._hub import EventHub
+from stigmer_trio._worker import WorkerFailed, WorkerStatus, serve_worker
+
+POLICY = RestartPolicy(
+    initial_delay=0.05, backoff=0.05, multiplier=2.0, max_delay=2.0, jitter=0.0, max_restarts=None
+)
+CONFIG = ConnectionConfig(address="127.0.0.1:1", health_interval=1.0, health_timeout=0.5, policy=POLICY)
+
+
+@attrs.define
+class FakeTemporal:
+    """Stands in for the temporalio bridge: `up` says whether the server answers."""
+
+    up: bool = False
+    hung: bool = False
+    connects: list[float] = attrs.Factory(list)
+    probes: list[float] = attrs.Factory(list)
+    clients: int = 0
+
+    async def connect(self, address: str, namespace: str, **kwargs: Any) -> Any:
+        self.connects.append(trio.current_time())
+        await trio.sleep(0.001)
+        if not self.up:
+            raise TemporalUnavailable("connection refused")
+        self.clients += 1
+        return f"client-{self.clients}"
+
+    async def describe_namespace(self, client: Any, namespace: str, *, timeout: float) -> None:
+        await self.check_health(client, timeout=timeout)
+
+    async def check_health(self, client: Any, *, timeout: float) -> None:
+        self.probes.append(trio.current_time())
+        if self.hung:
+            await trio.sleep(timeout)
+            raise TemporalUnavailable("no answer in time")
+        if not self.up:
+            raise TemporalUnavailable("UNAVAILABLE")
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTemporal:
+    fake = FakeTemporal()
+    for name in ("connect", "describe_namespace", "check_health"):
+        monkeypatch.setattr(bridge, name, getattr(fake, name))
+    return fake
+
+
+def transitions(events: list[Any]) -> list[tuple[float, str]]:
+    return [(round(t, 3), e.new) for t, e in events if isinstance(e, ConnectionStateChanged)]
+
+
+async def open_connection(
+    nursery: trio.Nursery, hub: EventHub, config: ConnectionConfig = CONFIG
+) -> ConnectionCell:
+    cell = ConnectionCell(emit=hub.emit)
+    await nursery.start(functools.partial(serve_connection, config, cell, hub))
+    return cell
+
+
+def recording_hub() -> tuple[EventHub, list[tuple[float, Any]]]:
+    events: list[tuple[float, Any]] = []
+    return EventHub((lambda event: events.append((trio.current_time(), event)),)), events
+
+
+class TestConnection:
+    async def test_started_at_once_and_backs_off_while_down(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """started() does not wait for Temporal; attempts back off 50 ms, 50 ms, then doubling to 2 s."""
+        hub, _ = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            assert 0 == trio.current_time()
+            await trio.sleep(10)
+            gaps = [round(b - a, 3) for a, b in zip(fake.connects, fake.connects[1:], strict=False)]
+            assert [0.051, 0.051, 0.101, 0.201, 0.401, 0.801, 1.601, 2.001, 2.001] == gaps[:9]
+            assert cell.state in (ConnectionState.CONNECTING, ConnectionState.DISCONNECTED)
+            nursery.cancel_scope.cancel()
+        assert ConnectionState.CLOSED == cell.state
+
+    async def test_fail_fast_while_down(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """client() raises TemporalUnavailable at once, naming the state and the last error."""
+        hub, _ = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            await trio.sleep(0.01)
+            with pytest.raises(TemporalUnavailable, match="Temporal is disconnected: connection refused"):
+                cell.client()
+            nursery.cancel_scope.cancel()
+
+    async def test_connects_when_temporal_comes_up(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Temporal starting later is picked up by the next attempt: CONNECTED, epoch 1, a client."""
+        hub, _ = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            await trio.sleep(1)
+            fake.up = True
+            with trio.fail_after(2.5):
+                client, epoch = await cell.wait_connected()
+            assert ("client-1", 1, "client-1") == (client, epoch, cell.client())
+            nursery.cancel_scope.cancel()
+
+    async def test_server_ready_skips_the_backoff(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A ServerReady event reconnects at once instead of waiting out the backoff."""
+        hub, _ = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            await trio.sleep(5)  # deep into the 2 s backoff
+            fake.up = True
+            ready_at = trio.current_time()
+            hub.emit(ServerReady("127.0.0.1:1", 1, adopted=False, ready_after=0.1))
+            await cell.wait_connected()
+            assert trio.current_time() - ready_at < 0.01
+            nursery.cancel_scope.cancel()
+
+    async def test_one_failed_probe_disconnects(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The first failed health probe drops to DISCONNECTED; the next connection is a new epoch."""
+        fake.up = True
+        hub, events = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            await cell.wait_connected()
+            await trio.sleep(2.5)
+            fake.up = False
+            await trio.sleep(1)
+            assert ConnectionState.CONNECTED is not cell.state
+            fake.up = True
+            await cell.wait_connected()
+            assert (2, 1) == (cell.epoch, cell.reconnects)
+            nursery.cancel_scope.cancel()
+        states = [new for _, new in transitions(events)]
+        assert ["connected", "disconnected", "connecting"] == states[:3]
+        assert "connected" == states[-2]  # then "closed"
+
+    async def test_hang_detected_within_interval_plus_timeout(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A hung server is noticed within health_interval + health_timeout."""
+        fake.up = True
+        hub, _ = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            await cell.wait_connected()
+            fake.hung = True
+            hung_at = trio.current_time()
+            await cell.wait_until(lambda c: c.state is not ConnectionState.CONNECTED)
+            assert trio.current_time() - hung_at <= CONFIG.health_interval + CONFIG.health_timeout
+            nursery.cancel_scope.cancel()
+
+    async def test_server_exited_disconnects_at_once(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A ServerExited event drops to DISCONNECTED immediately, without waiting for a probe."""
+        fake.up = True
+        hub, _ = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            await cell.wait_connected()
+            await trio.sleep(0.3)
+            exited_at = trio.current_time()
+            hub.emit(ServerExited("127.0.0.1:1", 1, -9, "killed"))
+            await cell.wait_until(lambda c: c.state is not ConnectionState.CONNECTED)
+            assert exited_at == trio.current_time()
+            assert "the dev server exited" == cell.last_error
+            nursery.cancel_scope.cancel()
+
+    async def test_probe_request_checks_at_once(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A request that met UNAVAILABLE pokes the monitor: it probes now, not at the next interval."""
+        fake.up = True
+        hub, _ = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            await cell.wait_connected()
+            await trio.sleep(0.2)
+            fake.up = False
+            poked_at = trio.current_time()
+            cell.poke("probe")
+            await cell.wait_until(lambda c: c.state is not ConnectionState.CONNECTED)
+            assert trio.current_time() - poked_at < 0.01
+            nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class FakeWorkers:
+    """Workers that run until shut down; `fail_after` makes the next run raise after that many seconds."""
+
+    built: list[tuple[float, Any]] = attrs.Factory(list)
+    shutdowns: list[float] = attrs.Factory(list)
+    fail_after: float | None = None
+    shutdown_hangs: bool = False
+    stops: dict[int, trio.Event] = attrs.Factory(dict)
+
+    def make_worker(self, client: Any, spec: WorkerSpec, on_fatal_error: Any) -> int:
+        self.built.append((trio.current_time(), client))
+        index = len(self.built)
+        self.stops[index] = trio.Event()
+        return index
+
+    async def run_worker(self, worker: int) -> None:
+        if self.fail_after is not None:
+            await trio.sleep(self.fail_after)
+            raise RuntimeError("Workflow worker failed")
+        await self.stops[worker].wait()
+
+    async def shutdown_worker(self, worker: int) -> None:
+        self.shutdowns.append(trio.current_time())
+        if self.shutdown_hangs:
+            await trio.sleep_forever()
+        self.stops[worker].set()
+
+
+@pytest.fixture
+def workers(monkeypatch: pytest.MonkeyPatch) -> FakeWorkers:
+    fake = FakeWorkers()
+    for name in ("make_worker", "run_worker", "shutdown_worker"):
+        monkeypatch.setattr(bridge, name, getattr(fake, name))
+    return fake
+
+
+SPEC = WorkerSpec("q", graceful_shutdown_timeout=2.0)
+
+
+class TestWorker:
+    async def test_replaced_at_once_on_a_new_epoch(
+        self, fake: FakeTemporal, workers: FakeWorkers, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Each new connection epoch gets a fresh Worker on the new client, right away."""
+        fake.up = True
+        hub, _ = recording_hub()
+        status = WorkerStatus("q")
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            await nursery.start(functools.partial(serve_worker, SPEC, cell, status, hub.emit))
+            await cell.wait_connected()
+            await trio.sleep(0.5)
+            assert (True, 1) == (status.running, status.epoch)
+            hub.emit(ServerExited("127.0.0.1:1", 1, -9, "killed"))
+            await trio.sleep(0)  # DISCONNECTED
+            reconnect = trio.current_time()
+            hub.emit(ServerReady("127.0.0.1:1", 2, adopted=False, ready_after=0.1))
+            await cell.wait_until(lambda c: c.epoch == 2)
+            await trio.sleep(0.01)
+            assert ["client-1", "client-2"] == [client for _, client in workers.built]
+            assert workers.built[1][0] - reconnect < 0.01
+            assert (True, 2) == (status.running, status.epoch)
+            nursery.cancel_scope.cancel()
+        assert not status.running
+
+    async def test_a_failing_worker_ends_its_lifetime(
+        self, fake: FakeTemporal, workers: FakeWorkers, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Worker.run() raising ends the child with WorkerFailed, for the Supervisor to restart."""
+        fake.up = True
+        workers.fail_after = 3.0
+        hub, _ = recording_hub()
+        status = WorkerStatus("q")
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            with pytest.raises(WorkerFailed, match="Workflow worker failed"):
+                await serve_worker(SPEC, cell, status, hub.emit)
+            assert 1 == status.restarts
+            nursery.cancel_scope.cancel()
+
+    async def test_shutdown_is_bounded(
+        self, fake: FakeTemporal, workers: FakeWorkers, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A Worker whose shutdown hangs (a hung server) is given graceful_shutdown_timeout + 1 s, no more."""
+        fake.up = True
+        workers.shutdown_hangs = True
+        hub, _ = recording_hub()
+        status = WorkerStatus("q")
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            async with trio.open_nursery() as inner:
+                await inner.start(functools.partial(serve_worker, SPEC, cell, status, hub.emit))
+                await cell.wait_connected()
+                await trio.sleep(0.1)
+                stop_at = trio.current_time()
+                inner.cancel_scope.cancel()
+            assert SPEC.graceful_shutdown_timeout + 1.0 == pytest.approx(trio.current_time() - stop_at)
+            nursery.cancel_scope.cancel()
