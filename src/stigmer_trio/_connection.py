@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ConnectionCell", "ConnectionState", "serve_connection"]
 
+_TCP_POLL = 0.02  # seconds between TCP probes while the server refuses connections
+_TCP_PROBE_TIMEOUT = 0.5
+
 
 class ConnectionState(enum.Enum):
     CONNECTING = "connecting"
@@ -153,18 +156,46 @@ async def serve_connection(
             except (TemporalUnavailable, trio.TooSlowError) as exc:
                 attempt += 1
                 cell.transition(ConnectionState.DISCONNECTED, str(exc) or "connect timed out")
-                # Back off, unless a dev server says it has just become ready: then go at once.
-                await cell.wait_poke(config.policy.delay(attempt, rng), "ready")
+                await _back_off(config, cell, config.policy.delay(attempt, rng))
                 continue
             attempt = 0
             cell.forget("ready", "exited", "probe")
             cell.transition(ConnectionState.CONNECTED, "connected", client)
             reason = await _watch(config, cell, client)
             cell.transition(ConnectionState.DISCONNECTED, reason)
-            attempt = 1  # the first reconnect waits initial_delay, unless the server says it is ready
-            await cell.wait_poke(config.policy.delay(attempt, rng), "ready")
+            attempt = 1  # the first reconnect waits initial_delay, unless the server is back sooner
+            await _back_off(config, cell, config.policy.delay(attempt, rng))
     finally:
         cell.transition(ConnectionState.CLOSED, "runtime stopping")
+
+
+async def _tcp_accepts(address: str) -> bool:
+    """Does anything accept TCP at `address` right now? (Microseconds against a closed local port.)"""
+    host, _, port = address.rpartition(":")
+    with trio.move_on_after(_TCP_PROBE_TIMEOUT):
+        try:
+            stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+async def _back_off(config: ConnectionConfig, cell: ConnectionCell, delay: float) -> None:
+    """Wait `delay` before the next connect attempt, but go at once when the server is back.
+
+    While the port refuses TCP, a cheap TCP probe every 20 ms (and a dev server's ServerReady) ends the
+    wait as soon as the server listens again: a full Client.connect is only worth its cost then. If the
+    port already accepts (the server is up but the connect failed), the full backoff applies.
+    """
+    deadline = trio.current_time() + delay
+    if await _tcp_accepts(config.address):
+        await cell.wait_poke(delay, "ready")
+        return
+    while (remaining := deadline - trio.current_time()) > 0:
+        if await cell.wait_poke(min(_TCP_POLL, remaining), "ready") or await _tcp_accepts(config.address):
+            return
 
 
 async def _watch(config: ConnectionConfig, cell: ConnectionCell, client: Client) -> str:
@@ -178,3 +209,5 @@ async def _watch(config: ConnectionConfig, cell: ConnectionCell, client: Client)
             await _temporal.check_health(client, timeout=config.health_timeout)
         except TemporalUnavailable as exc:
             return str(exc)
+        except Exception as exc:  # any failed probe means "not healthy", never a crash of this child
+            return f"health check failed: {type(exc).__name__}: {exc}"

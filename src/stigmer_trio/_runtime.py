@@ -104,8 +104,9 @@ class Runtime:
         return True
 
     def _eager(self, task_queue: str) -> bool:
+        """Eager start only when a worker of ours polls that queue on the current connection."""
         worker = self._workers.get(task_queue)
-        return worker is not None and worker.running
+        return worker is not None and worker.running and worker.epoch == self._cell.epoch
 
     async def start_workflow(
         self, workflow: Any, arg: Any = _NO_ARG, *, id: str, task_queue: str, **kwargs: Any

@@ -4,8 +4,10 @@
 # hung server. Foreign exceptions stop here: callers only ever see TemporalUnavailable.
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -14,6 +16,7 @@ import trio
 import trio_asyncio
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -40,7 +43,13 @@ __all__ = [
 
 T = TypeVar("T")
 
-_DOWN = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED)
+# UNKNOWN is what an RPC in flight gets when the server dies under it ("transport error").
+_DOWN = (
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.CANCELLED,
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.UNKNOWN,
+)
 
 
 @contextlib.contextmanager
@@ -66,11 +75,32 @@ async def _call(call: Callable[[], Awaitable[T]], *, timeout: float, what: str, 
         return result
 
 
+_sdk_runtime: Runtime | None = None
+
+
+def sdk_runtime() -> Runtime:
+    """One temporalio Runtime whose core logs go to Python logging ("temporalio.core"), not stdout.
+
+    The SDK's default prints its core warnings (e.g. a Worker's poll retries during an outage) to the
+    process's stdout, which is the embedding program's, not ours.
+    """
+    global _sdk_runtime
+    if _sdk_runtime is None:
+        forward = LogForwardingConfig(logger=logging.getLogger("temporalio.core"))
+        logs = LoggingConfig(
+            filter=TelemetryFilter(core_level="WARN", other_level="ERROR"), forwarding=forward
+        )
+        _sdk_runtime = Runtime(telemetry=TelemetryConfig(logging=logs))
+    return _sdk_runtime
+
+
 async def connect(
     address: str, namespace: str, *, timeout: float, tls: bool = False, api_key: str | None = None
 ) -> Client:
     """Client.connect bounded by `timeout` (the SDK alone waits 30 s on a hung server)."""
-    call = functools.partial(Client.connect, address, namespace=namespace, tls=tls, api_key=api_key)
+    call = functools.partial(
+        Client.connect, address, namespace=namespace, tls=tls, api_key=api_key, runtime=sdk_runtime()
+    )
     return await _call(call, timeout=timeout, what="connect to", address=address)
 
 
@@ -114,16 +144,8 @@ async def start_workflow(
 ) -> WorkflowHandle[Any, Any]:
     """Start a workflow (eagerly when a local worker serves the queue); TemporalUnavailable when down."""
     args = () if arg is _NO_ARG else (arg,)
-    call = functools.partial(
-        client.start_workflow,
-        workflow,
-        *args,
-        id=id,
-        task_queue=task_queue,
-        rpc_timeout=timedelta(seconds=timeout),
-        request_eager_start=eager,
-        **kwargs,
-    )
+    options = {"rpc_timeout": timedelta(seconds=timeout), "request_eager_start": eager, **kwargs}
+    call = functools.partial(client.start_workflow, workflow, *args, id=id, task_queue=task_queue, **options)
     handle: WorkflowHandle[Any, Any] = await _call(
         call, timeout=timeout, what="start workflow on", address=client.service_client.config.target_host
     )
@@ -162,7 +184,22 @@ def make_worker(
 
 
 async def run_worker(worker: Worker) -> None:
-    await trio_asyncio.aio_as_trio(worker.run)()
+    """Worker.run() until it ends, or until Trio cancels us: then stop waiting at once.
+
+    Cancelling Worker.run() makes it run its whole shutdown first (30 s against a hung server) and
+    trio-asyncio would wait for that; so the run is shielded and, on cancellation, cancelled and left
+    to finish on its own (our caller already gave Worker.shutdown() its bounded chance).
+    """
+
+    async def supervise() -> None:
+        task = asyncio.ensure_future(worker.run())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+
+    await trio_asyncio.aio_as_trio(supervise)()
 
 
 async def shutdown_worker(worker: Worker) -> None:

@@ -32,8 +32,9 @@ class WorkerStatus:
     def __init__(self, task_queue: str) -> None:
         self.task_queue = task_queue
         self.running = False
-        self.restarts = 0
+        self.restarts = 0  # lifetimes started after the first (the Supervisor restarted it)
         self.epoch = 0
+        self.lifetimes = 0
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,8 @@ async def serve_worker(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """One lifetime: a Worker per connection epoch until the Worker itself fails (raise) or cancel."""
+    status.lifetimes += 1
+    status.restarts = status.lifetimes - 1
     task_status.started()  # like the connection: running does not wait for Temporal
     while True:
         client, epoch = await cell.wait_connected()
@@ -74,7 +77,11 @@ async def _one_epoch(
         failure = error
         fatal.set()
 
-    worker = _temporal.make_worker(client, spec, on_fatal_error)
+    try:
+        worker = _temporal.make_worker(client, spec, on_fatal_error)
+    except Exception as exc:
+        emit(WorkerStateChanged(spec.task_queue, False, epoch, f"failed: {exc}"))
+        raise WorkerFailed(f"the worker of task queue {spec.task_queue!r} cannot be built: {exc}") from exc
     async with trio.open_nursery() as nursery:
 
         async def run() -> None:
@@ -114,7 +121,6 @@ async def _one_epoch(
         )
     )
     if failure is not None:
-        status.restarts += 1
         raise WorkerFailed(f"the worker of task queue {spec.task_queue!r} failed: {failure}") from failure
 
 

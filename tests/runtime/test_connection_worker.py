@@ -20,6 +20,7 @@ from stigmer_trio import (
     TemporalUnavailable,
     WorkerSpec,
 )
+from stigmer_trio import _connection as connection_module
 from stigmer_trio import _temporal as bridge
 from stigmer_trio._connection import ConnectionCell, serve_connection
 from stigmer_trio._hub import EventHub
@@ -49,6 +50,10 @@ class FakeTemporal:
         self.clients += 1
         return f"client-{self.clients}"
 
+    async def tcp_accepts(self, address: str) -> bool:
+        await trio.sleep(0)
+        return self.up
+
     async def describe_namespace(self, client: Any, namespace: str, *, timeout: float) -> None:
         await self.check_health(client, timeout=timeout)
 
@@ -66,6 +71,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTemporal:
     fake = FakeTemporal()
     for name in ("connect", "describe_namespace", "check_health"):
         monkeypatch.setattr(bridge, name, getattr(fake, name))
+    monkeypatch.setattr(connection_module, "_tcp_accepts", fake.tcp_accepts)
     return fake
 
 
@@ -126,6 +132,20 @@ class TestConnection:
             with trio.fail_after(2.5):
                 client, epoch = await cell.wait_connected()
             assert ("client-1", 1, "client-1") == (client, epoch, cell.client())
+            nursery.cancel_scope.cancel()
+
+    async def test_listening_port_ends_the_backoff(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """External mode: a port that accepts again ends the 2 s backoff within one 20 ms TCP poll."""
+        hub, _ = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_connection(nursery, hub)
+            await trio.sleep(5)
+            fake.up = True
+            back_at = trio.current_time()
+            await cell.wait_connected()
+            assert trio.current_time() - back_at <= 0.025
             nursery.cancel_scope.cancel()
 
     async def test_server_ready_skips_the_backoff(
@@ -290,9 +310,10 @@ class TestWorker:
         status = WorkerStatus("q")
         async with trio.open_nursery() as nursery:
             cell = await open_connection(nursery, hub)
-            with pytest.raises(WorkerFailed, match="Workflow worker failed"):
-                await serve_worker(SPEC, cell, status, hub.emit)
-            assert 1 == status.restarts
+            for lifetime in range(2):  # as the Supervisor would run it again
+                with pytest.raises(WorkerFailed, match="Workflow worker failed"):
+                    await serve_worker(SPEC, cell, status, hub.emit)
+                assert lifetime == status.restarts
             nursery.cancel_scope.cancel()
 
     async def test_shutdown_is_bounded(

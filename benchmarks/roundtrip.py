@@ -1,0 +1,277 @@
+"""Workflow round trips (start -> result, one activity): the runtime vs plain asyncio temporalio; tables.
+
+    .venv/bin/python benchmarks/roundtrip.py [--seq 200] [--batch 1] [--conc 50] [--bursts 5]
+
+Not a test. Real clock. One bare `temporal server start-dev` with the runtime's dev-server flags (127.0.0.1,
+free ports, persisted db, `--dynamic-config-value system.enableEagerWorkflowStart=true`), two clients:
+
+* this process (trio): the runtime in external mode with its own Worker on "rt-q" (WorkerSpec defaults);
+* a child process (plain asyncio, no trio): Client.connect + Worker with the SDK's defaults on "sdk-q".
+
+Five ways to run the same workflow, interleaved: the sequential series alternate in batches of `--batch`
+(default 1: one round trip per way in turn; the order rotates each round, since the server's latency comes
+in streaks), then `--bursts` rounds of `--conc` concurrent workflows per way.
+
+  RT       rt.execute_workflow(...): the runtime's facade; it requests eager start (rt-q has a local worker)
+  RT-BR    rt.run_asyncio(lambda c: c.execute_workflow(..., request_eager_start=False)): the same SDK call as
+           SDK, through the bridge, on the runtime's worker: the bridge overhead with eager start off
+  RT-BR-E  the same with request_eager_start=True: the bridge overhead with eager start on
+  SDK      plain asyncio, client.execute_workflow(...) with the SDK's defaults (no eager start)
+  SDK-E    plain asyncio with request_eager_start=True
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_asyncio
+
+import stigmer_trio as st
+from _common import (
+    SdkChild,
+    Server,
+    Table,
+    command_line,
+    leave,
+    machine_note,
+    median,
+    pct,
+    probe_ready,
+    protect_stdout,
+)
+from bench_workflows import BenchEcho, echo
+
+RT_QUEUE = "rt-q"
+SDK_QUEUE = "sdk-q"
+WAYS = ("RT", "RT-BR", "RT-BR-E", "SDK", "SDK-E")
+LABELS = {
+    "RT": "RT: runtime facade rt.execute_workflow (eager start)",
+    "RT-BR": "RT-BR: runtime bridge, run_asyncio, eager OFF",
+    "RT-BR-E": "RT-BR-E: runtime bridge, run_asyncio, eager ON",
+    "SDK": "SDK: plain asyncio, SDK defaults (eager off)",
+    "SDK-E": "SDK-E: plain asyncio, eager ON",
+}
+WARMUP = 10  # round trips per way before anything is recorded
+
+
+class Bench:
+    def __init__(self, seq: int, batch: int, conc: int, bursts: int) -> None:
+        self.seq, self.batch, self.conc, self.bursts = seq, batch, conc, bursts
+        self.root = Path(tempfile.mkdtemp(prefix="stigmer-roundtrip-"))
+        self.server = Server(self.root / "server", eager=True)
+        self.serial = itertools.count()
+        self.latency: dict[str, list[float]] = {way: [] for way in WAYS}  # ms
+        self.throughput: dict[str, list[float]] = {way: [] for way in WAYS}  # workflows/s
+        self.cpu: dict[str, list[float]] = {way: [] for way in WAYS}  # CPU s per workflow, per burst
+        self.notes: list[str] = []
+
+    def next_id(self, way: str) -> str:
+        return f"{way.lower()}-{next(self.serial)}"
+
+    # --- one round trip, each way, in this process ---------------------------------------------------
+    def runtime_call(self, rt: st.Runtime, way: str) -> Any:
+        if way == "RT":
+            return rt.execute_workflow("BenchEcho", "x", id=self.next_id(way), task_queue=RT_QUEUE)
+        eager = way == "RT-BR-E"
+        workflow_id = self.next_id(way)
+
+        async def execute(client: Any) -> Any:
+            return await client.execute_workflow(
+                "BenchEcho", "x", id=workflow_id, task_queue=RT_QUEUE, request_eager_start=eager
+            )
+
+        return rt.run_asyncio(execute)
+
+    async def seq_batch(self, rt: st.Runtime, sdk: SdkChild, way: str, n: int, record: bool = True) -> None:
+        if way.startswith("SDK"):
+            latencies = (await sdk.request("seq", n=n, eager=way == "SDK-E"))["lat_ns"]
+        else:
+            latencies = []
+            for _ in range(n):
+                began = time.perf_counter_ns()
+                await self.runtime_call(rt, way)
+                latencies.append(time.perf_counter_ns() - began)
+        if record:
+            self.latency[way] += [ns / 1e6 for ns in latencies]
+
+    async def burst(self, rt: st.Runtime, sdk: SdkChild, way: str) -> None:
+        if way.startswith("SDK"):
+            answer = await sdk.request("burst", n=self.conc, eager=way == "SDK-E")
+            elapsed, cpu = answer["elapsed_ns"] / 1e9, answer["cpu"]
+        else:
+            cpu = time.process_time()
+            began = time.perf_counter_ns()
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.conc):
+                    nursery.start_soon(self.runtime_call, rt, way)
+            elapsed = (time.perf_counter_ns() - began) / 1e9
+            cpu = time.process_time() - cpu
+        self.throughput[way].append(self.conc / elapsed)
+        self.cpu[way].append(cpu / self.conc)
+
+    async def run(self) -> None:
+        await self.server.spawn()
+        async with trio_asyncio.open_loop():
+            await probe_ready(self.server.port)
+        sdk, _ = await SdkChild.start(self.server.address, SDK_QUEUE, self.root / "sdk-child.log")
+        config = st.RuntimeConfig(
+            state_dir=self.root / "runtime",
+            dev_server=None,
+            connection=st.ConnectionConfig(address=self.server.address),
+            workers=[st.WorkerSpec(RT_QUEUE, workflows=[BenchEcho], activities=[echo])],
+        )
+        try:
+            async with st.open_runtime(config) as rt:
+                with trio.fail_after(60):
+                    await rt.wait_ready()
+                for way in WAYS:
+                    await self.seq_batch(rt, sdk, way, WARMUP, record=False)
+                try:  # can the facade be told not to start eagerly?
+                    await rt.execute_workflow(
+                        "BenchEcho",
+                        "x",
+                        id=self.next_id("kw"),
+                        task_queue=RT_QUEUE,
+                        request_eager_start=False,
+                    )
+                    self.notes.append("rt.execute_workflow(..., request_eager_start=False) worked")
+                except TypeError as exc:
+                    self.notes.append(
+                        f"rt.execute_workflow(..., request_eager_start=False) raised TypeError: {exc}"
+                    )
+                rounds = max(1, -(-self.seq // self.batch))
+                for index in range(rounds):
+                    shift = index % len(WAYS)
+                    order = WAYS[shift:] + WAYS[:shift]
+                    if index % 2:
+                        order = order[::-1]
+                    for way in order:
+                        await self.seq_batch(rt, sdk, way, self.batch)
+                    if (index + 1) % max(1, rounds // 10) == 0:
+                        progress(f"sequential round {index + 1}/{rounds}")
+                for index in range(self.bursts):
+                    shift = index % len(WAYS)
+                    order = WAYS[shift:] + WAYS[:shift]
+                    for way in order:
+                        await self.burst(rt, sdk, way)
+                    progress(f"burst round {index + 1}/{self.bursts}")
+                status = rt.status()
+                if status["connection"]["epoch"] != 1:
+                    self.notes.append(f"the runtime reconnected during the run: {status['connection']}")
+        finally:
+            with trio.CancelScope(shield=True):
+                await sdk.close()
+                if self.server.proc is not None:
+                    await self.server.kill()
+
+    # --- report --------------------------------------------------------------------------------------
+    def tables(self) -> str:
+        lat = Table("ms", "{:.1f}")
+        for way in WAYS:
+            lat.row(f"sequential {LABELS[way]}", self.latency[way])
+
+        def ratio(a: str, b: str, q: float) -> float:
+            return pct(self.latency[a], q) / pct(self.latency[b], q)
+
+        def tput(a: str, b: str) -> float:
+            return median(self.throughput[a]) / median(self.throughput[b])
+
+        checks = [
+            ("RT p50 / SDK p50 (the runtime vs SDK defaults)", ratio("RT", "SDK", 0.5), "<= 0.6"),
+            ("RT-BR p50 / SDK p50 (bridge overhead, eager off)", ratio("RT-BR", "SDK", 0.5), "<= 1.05"),
+            ("RT-BR p99 / SDK p99 (bridge overhead, eager off)", ratio("RT-BR", "SDK", 0.99), "<= 1.2"),
+            ("RT-BR / SDK throughput, median of bursts", tput("RT-BR", "SDK"), ">= 0.95"),
+            ("RT-BR-E p50 / SDK-E p50 (bridge overhead, eager on)", ratio("RT-BR-E", "SDK-E", 0.5), ""),
+            ("RT-BR-E p99 / SDK-E p99 (bridge overhead, eager on)", ratio("RT-BR-E", "SDK-E", 0.99), ""),
+            ("RT-BR-E / SDK-E throughput", tput("RT-BR-E", "SDK-E"), ""),
+            ("RT p50 / RT-BR-E p50 (the facade's own cost)", ratio("RT", "RT-BR-E", 0.5), ""),
+            ("RT p99 / RT-BR-E p99 (the facade's own cost)", ratio("RT", "RT-BR-E", 0.99), ""),
+            ("RT / SDK throughput", tput("RT", "SDK"), ""),
+        ]
+        bounds = {"<= 0.6": (0.6, -1), "<= 1.05": (1.05, -1), "<= 1.2": (1.2, -1), ">= 0.95": (0.95, 1)}
+        lines = ["| ratio | value | target | met |", "|---|---|---|---|"]
+        for name, value, target in checks:
+            met = ""
+            if target in bounds:
+                bound, sign = bounds[target]
+                met = "yes" if (value - bound) * sign >= 0 else "**NO**"
+            lines.append(f"| {name} | {value:.3f} | {target} | {met} |")
+
+        thr = [
+            f"| throughput, {self.conc} concurrent (workflows/s) | bursts | min | median | max "
+            "| CPU ms/workflow of its process (median) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for way in WAYS:
+            values = self.throughput[way]
+            if values:
+                cpu = median([s * 1000 for s in self.cpu[way]])
+                thr.append(
+                    f"| {LABELS[way]} | {len(values)} | {min(values):.1f} | {median(values):.1f} "
+                    f"| {max(values):.1f} | {cpu:.1f} |"
+                )
+        return "\n\n".join([lat.render(), "\n".join(thr), "\n".join(lines)])
+
+
+def progress(message: str) -> None:
+    print(f"# {message}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq", type=int, default=200, help="sequential round trips per way")
+    parser.add_argument("--batch", type=int, default=1, help="sequential round trips per batch")
+    parser.add_argument("--conc", type=int, default=50, help="workflows per concurrent burst")
+    parser.add_argument("--bursts", type=int, default=5, help="concurrent bursts per way")
+    args = parser.parse_args()
+    if min(args.seq, args.batch, args.conc, args.bursts) < 1:
+        parser.error("every count must be >= 1")
+    bench = Bench(args.seq, args.batch, args.conc, args.bursts)
+    protect_stdout()
+    load_before = os.getloadavg()
+    began = time.monotonic()
+    code = 0
+    try:
+        trio.run(bench.run)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    elapsed = time.monotonic() - began
+    try:
+        print(bench.tables())
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    print()
+    print(f"Command: `{command_line()}` ({elapsed:.0f} s wall). {machine_note(load_before)}")
+    print(
+        "Latency = start -> result of one workflow (time.perf_counter_ns around the call, in the process "
+        f"that makes it). Sequential: {args.seq} per way in batches of {args.batch}, rotating order; p99 of "
+        f"{args.seq} samples is nearly the max. {WARMUP} warm-up round trips per way are not recorded. "
+        f"Throughput: {args.conc} started at once, time until all completed."
+    )
+    print(
+        "Eager start off for the runtime (RT-BR): rt.execute_workflow cannot be told to skip eager start "
+        "(it passes request_eager_start itself, so the keyword would be duplicated), so RT-BR runs the same "
+        "SDK call as the plain side through rt.run_asyncio, with request_eager_start=False, on rt-q (served "
+        "by the runtime's own Worker). That is the whole bridge: client calls and the Worker under "
+        "trio-asyncio."
+    )
+    for note in bench.notes:
+        print(f"- {note}")
+    shutil.rmtree(bench.root, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    leave(main())
