@@ -70,6 +70,7 @@ async def _one_epoch(
 
     failure: BaseException | None = None
     stopping = False
+    replaced = False
     fatal = trio.Event()
 
     async def on_fatal_error(error: BaseException) -> None:  # called on the asyncio side
@@ -96,7 +97,9 @@ async def _one_epoch(
             nursery.cancel_scope.cancel(reason="worker ended")
 
         async def watch() -> None:
+            nonlocal replaced
             await cell.wait_until(lambda c: c.epoch != epoch or c.state is ConnectionState.CLOSED)
+            replaced = cell.state is not ConnectionState.CLOSED
             nursery.cancel_scope.cancel(reason="new connection epoch")
 
         async def watch_fatal() -> None:
@@ -113,8 +116,11 @@ async def _one_epoch(
         finally:
             status.running = False
             stopping = True
-            with trio.CancelScope(shield=True):
-                await _shutdown(worker, spec)
+            if not replaced:  # stopping or failing: give Worker.shutdown() its bounded chance
+                with trio.CancelScope(shield=True):
+                    await _shutdown(worker, spec)
+            # Replaced for a new connection: the new Worker starts now; cancelling this one's run()
+            # makes the SDK shut it down in the background (in-flight tasks finish meanwhile).
     emit(
         WorkerStateChanged(
             spec.task_queue, False, epoch, "replaced" if failure is None else f"failed: {failure}"
