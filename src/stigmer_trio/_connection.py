@@ -156,7 +156,8 @@ async def serve_connection(
             except (TemporalUnavailable, trio.TooSlowError) as exc:
                 attempt += 1
                 cell.transition(ConnectionState.DISCONNECTED, str(exc) or "connect timed out")
-                await _back_off(config, cell, config.policy.delay(attempt, rng))
+                if await _back_off(config, cell, config.policy.delay(attempt, rng)):
+                    attempt = 0  # the server is back: should it still be booting, retry from 50 ms
                 continue
             attempt = 0
             cell.forget("ready", "exited", "probe")
@@ -182,20 +183,21 @@ async def _tcp_accepts(address: str) -> bool:
     return False
 
 
-async def _back_off(config: ConnectionConfig, cell: ConnectionCell, delay: float) -> None:
+async def _back_off(config: ConnectionConfig, cell: ConnectionCell, delay: float) -> bool:
     """Wait `delay` before the next connect attempt, but go at once when the server is back.
 
     While the port refuses TCP, a cheap TCP probe every 20 ms (and a dev server's ServerReady) ends the
     wait as soon as the server listens again: a full Client.connect is only worth its cost then. If the
     port already accepts (the server is up but the connect failed), the full backoff applies.
+    Returns True when it ended early because the server came back.
     """
     deadline = trio.current_time() + delay
     if await _tcp_accepts(config.address):
-        await cell.wait_poke(delay, "ready")
-        return
+        return await cell.wait_poke(delay, "ready") is not None
     while (remaining := deadline - trio.current_time()) > 0:
         if await cell.wait_poke(min(_TCP_POLL, remaining), "ready") or await _tcp_accepts(config.address):
-            return
+            return True
+    return False
 
 
 async def _watch(config: ConnectionConfig, cell: ConnectionCell, client: Client) -> str:

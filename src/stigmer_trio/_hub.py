@@ -52,7 +52,9 @@ class EventHub:
         self._subscriptions: list[Subscription] = []
 
     def add_hook(self, hook: EventHook) -> None:
-        self._hooks.append(hook)
+        """Add a hook (once: a restarted child re-adding its hook does not get events twice)."""
+        if hook not in self._hooks:
+            self._hooks.append(hook)
 
     def emit(self, event: Event) -> None:
         for hook in self._hooks:
