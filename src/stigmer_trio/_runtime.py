@@ -183,7 +183,29 @@ class Runtime:
 
 @contextlib.asynccontextmanager
 async def open_runtime(config: RuntimeConfig, *, hooks: Sequence[EventHook] = ()) -> AsyncIterator[Runtime]:
-    """Run the supervision tree; yields once every child has started (not necessarily connected)."""
+    """Run the supervision tree; yields once every child has started (not necessarily connected).
+
+    When the tree gives up (a child exceeded its restart limit), RestartLimitExceeded comes out of this
+    block as itself, not wrapped in the exception groups of the nurseries it passed through.
+    """
+    try:
+        async with _open_runtime(config, hooks) as runtime:
+            yield runtime
+    except BaseExceptionGroup as group:
+        leaf = _first_leaf(group)
+        if isinstance(leaf, RestartLimitExceeded) and _leaf_count(group) == 1:
+            raise leaf  # noqa: B904 -- the group is kept as its __context__
+        raise
+
+
+def _leaf_count(error: BaseException) -> int:
+    if isinstance(error, BaseExceptionGroup):
+        return sum(_leaf_count(inner) for inner in error.exceptions)
+    return 1
+
+
+@contextlib.asynccontextmanager
+async def _open_runtime(config: RuntimeConfig, hooks: Sequence[EventHook]) -> AsyncIterator[Runtime]:
     connection = config.effective_connection()
     async with trio_asyncio.open_loop():
         hub = EventHub(tuple(hooks))

@@ -195,6 +195,10 @@ class TestFailingWorker:
         """status()["workers"][0]["restarts"] reads 1, then 2, as the restarted workers start."""
         assert [1, 2] == broken["raised"]["restarts_seen"]
 
+    def test_restart_limit_is_not_wrapped_in_groups(self, broken: Steps) -> None:
+        """`except RestartLimitExceeded` around open_runtime works: it comes out as itself."""
+        assert "RestartLimitExceeded" == broken["raised"]["shape"]
+
     def test_restart_limit_raises_out_of_open_runtime(self, broken: Steps) -> None:
         """Past max_restarts=2 the runtime raises RestartLimitExceeded naming the worker child."""
         leaves = broken["raised"]["leaves"]
