@@ -76,6 +76,28 @@ class Runtime:
         self.supervisor = supervisor
         self._devserver = devserver
         self._workers = workers
+        self._inflight: set[trio.CancelScope] = set()
+        hub.add_hook(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        """Calls in flight when the connection drops fail now, not when their own timeout runs out
+        (the SDK retries UNAVAILABLE inside a call for up to request_timeout)."""
+        if isinstance(event, ConnectionStateChanged) and event.new == ConnectionState.DISCONNECTED.value:
+            for scope in list(self._inflight):
+                scope.cancel(reason="connection lost")
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one request: TemporalUnavailable if it meets a dead server or the connection drops."""
+        with trio.CancelScope() as scope:
+            self._inflight.add(scope)
+            try:
+                return await call()
+            except TemporalUnavailable:
+                self._cell.poke("probe")
+                raise
+            finally:
+                self._inflight.discard(scope)
+        raise TemporalUnavailable(f"the connection was lost during the call: {self._cell.last_error}")
 
     @property
     def state(self) -> ConnectionState:
@@ -115,20 +137,18 @@ class Runtime:
         from . import _temporal
 
         client = self._cell.client()
-        try:
-            return await _temporal.start_workflow(
-                client,
-                workflow,
-                arg,
-                id=id,
-                task_queue=task_queue,
-                timeout=self._connection.request_timeout,
-                eager=self._eager(task_queue),
-                **kwargs,
-            )
-        except TemporalUnavailable:
-            self._cell.poke("probe")
-            raise
+        call = functools.partial(
+            _temporal.start_workflow,
+            client,
+            workflow,
+            arg,
+            id=id,
+            task_queue=task_queue,
+            timeout=self._connection.request_timeout,
+            eager=self._eager(task_queue),
+            **kwargs,
+        )
+        return await self._call(call)
 
     async def execute_workflow(
         self, workflow: Any, arg: Any = _NO_ARG, *, id: str, task_queue: str, **kwargs: Any
@@ -148,18 +168,16 @@ class Runtime:
         from . import _temporal
 
         client = self._cell.client()
-        try:
-            return await _temporal.run_asyncio(fn, client, *args)
-        except TemporalUnavailable:
-            self._cell.poke("probe")
-            raise
+        return await self._call(functools.partial(_temporal.run_asyncio, fn, client, *args))
 
     def status(self) -> dict[str, Any]:
-        """A JSON-able snapshot: connection, workers, dev server; ready = CONNECTED and all workers up."""
+        """A JSON-able snapshot: connection, workers, dev server; ready = CONNECTED and every worker
+        polling on the current connection epoch."""
         workers = [w.snapshot() for w in self._workers.values()]
         server = self._devserver.info if self._devserver is not None else None
         return {
-            "ready": self._cell.state is ConnectionState.CONNECTED and all(w["running"] for w in workers),
+            "ready": self._cell.state is ConnectionState.CONNECTED
+            and all(w["running"] and w["epoch"] == self._cell.epoch for w in workers),
             "address": self._connection.address,
             "namespace": self._connection.namespace,
             "connection": self._cell.snapshot(),
