@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
+TYPE_CHECKING = False  # not `from typing import`: typing costs ~8 ms on the CLI's hot paths
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._config import ConnectionConfig, DevServerConfig, RuntimeConfig, WorkerSpec
     from ._connection import ConnectionState
     from ._errors import (

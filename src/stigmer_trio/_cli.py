@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
 from ._statefiles import (
     PidRecord,
@@ -22,6 +21,10 @@ from ._statefiles import (
     remove_pid_file,
 )
 from ._version import __version__
+
+TYPE_CHECKING = False  # typing is not imported at run time: the hot paths stay lean
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 PROG = "stigmer_trio"
 

@@ -2,7 +2,7 @@
 # StigmerError, so an embedding program can catch ours without catching everyone else's.
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is not imported at run time: the CLI's hot paths stay lean
 
 if TYPE_CHECKING:
     from ._policy import RestartRecord
