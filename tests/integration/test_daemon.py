@@ -922,3 +922,31 @@ class TestWorkersAndExternalMode:
         result = stack.cli("up", "--detach", "--state-dir", str(stack.state_dir), "--external", "nowhere")
         assert 2 == result.returncode
         assert "external must be HOST:PORT, got 'nowhere'" in one_line(result.stderr)
+
+
+class TestForeground:
+    @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+    def test_foreground_up_stops_gracefully_on_signal(self, stack: Stack, sig: signal.Signals) -> None:
+        """`up` in the foreground logs to stderr; Ctrl-C or SIGTERM stops it and its server, exit 0."""
+        with subprocess.Popen(
+            [sys.executable, "-m", "stigmer_trio", "up", "--state-dir", str(stack.state_dir),
+             "--port", str(stack.port)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=clean_env(),
+        ) as daemon:  # fmt: skip
+            try:
+                report = stack.wait_status(lambda code, _: code == 0, RECOVERY, "foreground daemon ready")
+                server = Identity.of(report["dev_server"]["pid"])
+                assert server is not None
+                assert daemon.pid == report["daemon"]["pid"]
+                daemon.send_signal(sig)
+                _, stderr = daemon.communicate(timeout=RECOVERY)
+            finally:
+                if daemon.poll() is None:
+                    daemon.kill()
+                    daemon.communicate()
+        assert 0 == daemon.returncode, stderr
+        assert "ready after" in stderr
+        assert f"received {sig.name}: stopping" in stderr
+        assert [] == wait_gone([server])
+        assert 3 == stack.status()[0]
