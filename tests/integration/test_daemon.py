@@ -950,3 +950,19 @@ class TestForeground:
         assert f"received {sig.name}: stopping" in stderr
         assert [] == wait_gone([server])
         assert 3 == stack.status()[0]
+
+
+class TestServerLog:
+    def test_running_daemon_rotates_the_server_log(self, stack: Stack, tmp_path: Path) -> None:
+        """A dev-server log past log_max_bytes is rotated by the running daemon (copy, then truncate)."""
+        config = tmp_path / "small-log.toml"
+        config.write_text("[dev_server]\nlog_max_bytes = 4096\nlog_backups = 2\n")
+        stack.start("--config", str(config))
+        log = stack.state_dir / "logs" / "devserver.log"
+        with open(log, "ab") as f:  # as if the server had been chatty
+            f.write(b"x" * 10_000 + b"\n")
+        backup = log.with_name("devserver.log.1")
+        wait_for(backup.exists, RECOVERY, "devserver.log.1 written by the daemon")
+        assert b"x" * 10_000 in backup.read_bytes()
+        assert log.stat().st_size < 4096
+        assert 0 == stack.status()[0]  # the server did not notice
