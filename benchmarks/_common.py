@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -130,6 +131,20 @@ def kill_leftovers() -> list[int]:
             os.waitpid(pid, 0)
         forget(pid)
     return killed
+
+
+def run_timed(run: Callable[[], object]) -> tuple[int, float, tuple[float, float, float]]:
+    """Protect stdout, then run: (exit code, wall seconds, load average before). A crash is printed."""
+    protect_stdout()
+    load_before = os.getloadavg()
+    began = time.monotonic()
+    code = 0
+    try:
+        run()
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    return code, time.monotonic() - began, load_before
 
 
 def protect_stdout() -> None:

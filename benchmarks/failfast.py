@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import shutil
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ from _common import (
     machine_note,
     pct,
     probe_ready,
-    protect_stdout,
+    run_timed,
 )
 from bench_workflows import BenchEcho, echo
 
@@ -231,16 +229,7 @@ def main() -> int:
     if args.calls < CHUNK or args.sdk_calls < 0:
         parser.error(f"--calls must be >= {CHUNK}, --sdk-calls >= 0")
     bench = Bench(args.calls, args.sdk_calls)
-    protect_stdout()
-    load_before = os.getloadavg()
-    began = time.monotonic()
-    code = 0
-    try:
-        trio.run(bench.run)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    elapsed = time.monotonic() - began
+    code, elapsed, load_before = run_timed(lambda: trio.run(bench.run))
     print(bench.table())
     print()
     print(f"Command: `{command_line()}` ({elapsed:.0f} s wall). {machine_note(load_before)}")

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import shutil
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,7 @@ from _common import (
     machine_note,
     median,
     probe_ready,
-    protect_stdout,
+    run_timed,
 )
 from bench_workflows import BenchEcho, echo
 
@@ -345,16 +343,7 @@ def main() -> int:
     if args.max_delay is not None and args.max_delay <= 0:
         parser.error("--max-delay must be > 0")
     bench = Bench(outages, args.rounds, args.max_delay)
-    protect_stdout()
-    load_before = os.getloadavg()
-    began = time.monotonic()
-    code = 0
-    try:
-        trio.run(bench.run)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    elapsed = time.monotonic() - began
+    code, elapsed, load_before = run_timed(lambda: trio.run(bench.run))
     print(bench.table())
     print()
     connection = getattr(bench, "connection", None)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import shutil
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from _common import (
     median,
     pct,
     probe_ready,
-    protect_stdout,
+    run_timed,
 )
 from bench_workflows import BenchEcho, echo
 
@@ -237,16 +236,7 @@ def main() -> int:
     if min(args.seq, args.batch, args.conc, args.bursts) < 1:
         parser.error("every count must be >= 1")
     bench = Bench(args.seq, args.batch, args.conc, args.bursts)
-    protect_stdout()
-    load_before = os.getloadavg()
-    began = time.monotonic()
-    code = 0
-    try:
-        trio.run(bench.run)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    elapsed = time.monotonic() - began
+    code, elapsed, load_before = run_timed(lambda: trio.run(bench.run))
     try:
         print(bench.tables())
     except Exception:
@@ -261,11 +251,9 @@ def main() -> int:
         f"Throughput: {args.conc} started at once, time until all completed."
     )
     print(
-        "Eager start off for the runtime (RT-BR): rt.execute_workflow cannot be told to skip eager start "
-        "(it passes request_eager_start itself, so the keyword would be duplicated), so RT-BR runs the same "
-        "SDK call as the plain side through rt.run_asyncio, with request_eager_start=False, on rt-q (served "
-        "by the runtime's own Worker). That is the whole bridge: client calls and the Worker under "
-        "trio-asyncio."
+        "Eager start off for the runtime (RT-BR): the same SDK call as the plain side, through "
+        "rt.run_asyncio with request_eager_start=False, on rt-q (served by the runtime's own Worker). That "
+        "is the whole bridge: client calls and the Worker under trio-asyncio."
     )
     for note in bench.notes:
         print(f"- {note}")
