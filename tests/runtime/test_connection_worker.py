@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -79,6 +81,15 @@ def transitions(events: list[Any]) -> list[tuple[float, str]]:
     return [(round(t, 3), e.new) for t, e in events if isinstance(e, ConnectionStateChanged)]
 
 
+@contextlib.asynccontextmanager
+async def connection(hub: EventHub) -> AsyncIterator[tuple[ConnectionCell, trio.Nursery]]:
+    """A running connection child (and its nursery, for siblings); cancelled when the block ends."""
+    async with trio.open_nursery() as nursery:
+        cell = await open_connection(nursery, hub)
+        yield cell, nursery
+        nursery.cancel_scope.cancel()
+
+
 async def open_connection(
     nursery: trio.Nursery, hub: EventHub, config: ConnectionConfig = CONFIG
 ) -> ConnectionCell:
@@ -98,14 +109,12 @@ class TestConnection:
     ) -> None:
         """started() does not wait for Temporal; attempts back off 50 ms, 50 ms, then doubling to 2 s."""
         hub, _ = recording_hub()
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             assert 0 == trio.current_time()
             await trio.sleep(10)
             gaps = [round(b - a, 3) for a, b in zip(fake.connects, fake.connects[1:], strict=False)]
             assert [0.051, 0.051, 0.101, 0.201, 0.401, 0.801, 1.601, 2.001, 2.001] == gaps[:9]
             assert cell.state in (ConnectionState.CONNECTING, ConnectionState.DISCONNECTED)
-            nursery.cancel_scope.cancel()
         assert ConnectionState.CLOSED == cell.state
 
     async def test_fail_fast_while_down(
@@ -113,55 +122,47 @@ class TestConnection:
     ) -> None:
         """client() raises TemporalUnavailable at once, naming the state and the last error."""
         hub, _ = recording_hub()
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             await trio.sleep(0.01)
             with pytest.raises(TemporalUnavailable, match="Temporal is disconnected: connection refused"):
                 cell.client()
-            nursery.cancel_scope.cancel()
 
     async def test_connects_when_temporal_comes_up(
         self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
     ) -> None:
         """Temporal starting later is picked up by the next attempt: CONNECTED, epoch 1, a client."""
         hub, _ = recording_hub()
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             await trio.sleep(1)
             fake.up = True
             with trio.fail_after(2.5):
                 client, epoch = await cell.wait_connected()
             assert ("client-1", 1, "client-1") == (client, epoch, cell.client())
-            nursery.cancel_scope.cancel()
 
     async def test_listening_port_ends_the_backoff(
         self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
     ) -> None:
         """External mode: a port that accepts again ends the 2 s backoff within one 20 ms TCP poll."""
         hub, _ = recording_hub()
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             await trio.sleep(5)
             fake.up = True
             back_at = trio.current_time()
             await cell.wait_connected()
             assert trio.current_time() - back_at <= 0.025
-            nursery.cancel_scope.cancel()
 
     async def test_server_ready_skips_the_backoff(
         self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
     ) -> None:
         """A ServerReady event reconnects at once instead of waiting out the backoff."""
         hub, _ = recording_hub()
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             await trio.sleep(5)  # deep into the 2 s backoff
             fake.up = True
             ready_at = trio.current_time()
             hub.emit(ServerReady("127.0.0.1:1", 1, adopted=False, ready_after=0.1))
             await cell.wait_connected()
             assert trio.current_time() - ready_at < 0.01
-            nursery.cancel_scope.cancel()
 
     async def test_one_failed_probe_disconnects(
         self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
@@ -169,8 +170,7 @@ class TestConnection:
         """The first failed health probe drops to DISCONNECTED; the next connection is a new epoch."""
         fake.up = True
         hub, events = recording_hub()
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             await cell.wait_connected()
             await trio.sleep(2.5)
             fake.up = False
@@ -179,7 +179,6 @@ class TestConnection:
             fake.up = True
             await cell.wait_connected()
             assert (2, 1) == (cell.epoch, cell.reconnects)
-            nursery.cancel_scope.cancel()
         states = [new for _, new in transitions(events)]
         assert ["connected", "disconnected", "connecting"] == states[:3]
         assert "connected" == states[-2]  # then "closed"
@@ -190,14 +189,12 @@ class TestConnection:
         """A hung server is noticed within health_interval + health_timeout."""
         fake.up = True
         hub, _ = recording_hub()
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             await cell.wait_connected()
             fake.hung = True
             hung_at = trio.current_time()
             await cell.wait_until(lambda c: c.state is not ConnectionState.CONNECTED)
             assert trio.current_time() - hung_at <= CONFIG.health_interval + CONFIG.health_timeout
-            nursery.cancel_scope.cancel()
 
     async def test_server_exited_disconnects_at_once(
         self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
@@ -205,8 +202,7 @@ class TestConnection:
         """A ServerExited event drops to DISCONNECTED immediately, without waiting for a probe."""
         fake.up = True
         hub, _ = recording_hub()
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             await cell.wait_connected()
             await trio.sleep(0.3)
             exited_at = trio.current_time()
@@ -214,7 +210,6 @@ class TestConnection:
             await cell.wait_until(lambda c: c.state is not ConnectionState.CONNECTED)
             assert exited_at == trio.current_time()
             assert "the dev server exited" == cell.last_error
-            nursery.cancel_scope.cancel()
 
     async def test_probe_request_checks_at_once(
         self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
@@ -222,8 +217,7 @@ class TestConnection:
         """A request that met UNAVAILABLE pokes the monitor: it probes now, not at the next interval."""
         fake.up = True
         hub, _ = recording_hub()
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             await cell.wait_connected()
             await trio.sleep(0.2)
             fake.up = False
@@ -231,7 +225,6 @@ class TestConnection:
             cell.poke("probe")
             await cell.wait_until(lambda c: c.state is not ConnectionState.CONNECTED)
             assert trio.current_time() - poked_at < 0.01
-            nursery.cancel_scope.cancel()
 
 
 @attrs.define
@@ -282,8 +275,7 @@ class TestWorker:
         fake.up = True
         hub, _ = recording_hub()
         status = WorkerStatus("q")
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, nursery):
             await nursery.start(functools.partial(serve_worker, SPEC, cell, status, hub.emit))
             await cell.wait_connected()
             await trio.sleep(0.5)
@@ -297,7 +289,6 @@ class TestWorker:
             assert ["client-1", "client-2"] == [client for _, client in workers.built]
             assert workers.built[1][0] - reconnect < 0.01
             assert (True, 2) == (status.running, status.epoch)
-            nursery.cancel_scope.cancel()
         assert not status.running
 
     async def test_a_failing_worker_ends_its_lifetime(
@@ -308,13 +299,11 @@ class TestWorker:
         workers.fail_after = 3.0
         hub, _ = recording_hub()
         status = WorkerStatus("q")
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             for lifetime in range(2):  # as the Supervisor would run it again
                 with pytest.raises(WorkerFailed, match="Workflow worker failed"):
                     await serve_worker(SPEC, cell, status, hub.emit)
                 assert lifetime == status.restarts
-            nursery.cancel_scope.cancel()
 
     async def test_shutdown_is_bounded(
         self, fake: FakeTemporal, workers: FakeWorkers, autojump_clock: trio.testing.MockClock
@@ -324,8 +313,7 @@ class TestWorker:
         workers.shutdown_hangs = True
         hub, _ = recording_hub()
         status = WorkerStatus("q")
-        async with trio.open_nursery() as nursery:
-            cell = await open_connection(nursery, hub)
+        async with connection(hub) as (cell, _nursery):
             async with trio.open_nursery() as inner:
                 await inner.start(functools.partial(serve_worker, SPEC, cell, status, hub.emit))
                 await cell.wait_connected()
@@ -333,4 +321,3 @@ class TestWorker:
                 stop_at = trio.current_time()
                 inner.cancel_scope.cancel()
             assert SPEC.graceful_shutdown_timeout + 1.0 == pytest.approx(trio.current_time() - stop_at)
-            nursery.cancel_scope.cancel()
