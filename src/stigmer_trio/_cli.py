@@ -35,6 +35,7 @@ EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 
 NOTIFY_ENV = "STIGMER_TRIO_INTERNAL_NOTIFY_FD"
+LOG_ENV = "STIGMER_TRIO_INTERNAL_LOG_FILE"  # set for the detached daemon: its stderr is this file
 DETACH_WAIT = 180.0  # seconds `up --detach` waits for the daemon's verdict
 
 
@@ -91,6 +92,19 @@ def _add_up_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-demo", action="store_const", const=False, dest="demo_worker", help="no built-in demo worker"
     )
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT|off",
+        help="control endpoint /healthz /readyz /status /metrics (default 127.0.0.1, a free port)",
+    )
+    parser.add_argument(
+        "--http-allow-remote",
+        action="store_const",
+        const=True,
+        dest="http_allow_remote",
+        help="allow --http on a non-loopback address (the endpoint has no authentication)",
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), help="daemon log lines (text)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="is the runtime running and ready? (exit 0 / 1 / 3)")
     _add_location(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    logs = commands.add_parser("logs", help="print the daemon's log (logs/daemon.log) or the dev server's")
+    _add_location(logs)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended")
+    logs.add_argument("--devserver", action="store_true", help="the dev server's log instead")
+    logs.add_argument("-n", "--lines", type=int, metavar="N", help="only the last N lines")
     return parser
 
 
@@ -168,34 +187,34 @@ def status_report(state_dir: Path, now: float | None = None) -> tuple[int, dict[
         "running": False,
         "ready": False,
         "state_dir": str(state_dir),
+        "address": None,
+        "namespace": None,
         "daemon": None,
         "dev_server": None,
         "connection": None,
         "workers": [],
+        "http": None,
     }
     if _daemon_running(state_dir):
         daemon = _record(state_dir, "runtime.json")
         report["running"] = True
         if daemon is not None:
+            document = daemon.extra.get("status")
+            if isinstance(document, dict):  # the runtime's last status(): uptimes are recomputed
+                report.update(document)
             report["ready"] = bool(daemon.extra.get("ready"))
+            last = report["daemon"] if isinstance(report["daemon"], dict) else {}
             report["daemon"] = {
+                **last,
                 "pid": daemon.pid,
                 "started_at": daemon.started_at,
                 "uptime_s": round(now - daemon.started_at, 3),
-                "last_error": daemon.extra.get("last_error"),
+                "last_error": last.get("last_error"),
             }
-            report["connection"] = daemon.extra.get("connection")
-            report["workers"] = daemon.extra.get("workers") or []
-            server = daemon.extra.get("dev_server")
+            server = report["dev_server"]
             if isinstance(server, dict):
                 started = server.get("started_at")
-                report["dev_server"] = {
-                    "pid": server.get("pid"),
-                    "address": server.get("address"),
-                    "restarts": server.get("restarts", 0),
-                    "adopted": server.get("adopted", False),
-                    "uptime_s": round(now - started, 3) if isinstance(started, int | float) else None,
-                }
+                server["uptime_s"] = round(now - started, 3) if isinstance(started, int | float) else None
         return (EXIT_OK if report["ready"] else EXIT_FAILURE), report
     if lock_is_held(state_dir / "devserver.lock"):
         orphan = _record(state_dir, "devserver.json")
@@ -204,27 +223,78 @@ def status_report(state_dir: Path, now: float | None = None) -> tuple[int, dict[
             "address": orphan.extra.get("address") if orphan else None,
             "restarts": 0,
             "adopted": False,
+            "started_at": orphan.started_at if orphan else None,
             "uptime_s": round(now - orphan.started_at, 3) if orphan else None,
             "orphaned": True,
         }
     return EXIT_NOT_RUNNING, report
 
 
+def endpoint_status(report: dict[str, Any], timeout: float = 1.0) -> dict[str, Any] | None:
+    """GET /status from the running daemon's endpoint; None when there is none or it does not answer
+    (http.client: stdlib, and lighter than urllib, which also imports ssl and email)."""
+    endpoint = report.get("http")
+    url = endpoint.get("url") if isinstance(endpoint, dict) else None
+    if not isinstance(url, str) or not url.startswith("http://"):
+        return None
+    import http.client
+
+    host, _, port = url[len("http://") :].rpartition(":")
+    try:
+        connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+        try:
+            connection.request("GET", "/status")
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        if response.status != 200:
+            return None
+        document = json.loads(body)
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    return document if isinstance(document, dict) else None
+
+
 def _status(args: argparse.Namespace, state_dir: Path) -> int:
     code, report = status_report(state_dir)
+    if report["running"]:
+        live = endpoint_status(report)
+        if live is not None:
+            report = live
+            code = EXIT_OK if report.get("ready") else EXIT_FAILURE
     if args.json:
         print(json.dumps(report))
         return code
     server = report["dev_server"]
     if report["running"]:
         daemon = report["daemon"] or {}
-        where = f"dev server {server['address']} (pid {server['pid']})" if server else "no dev server yet"
+        if server and server.get("pid"):
+            where = f"dev server {server['address']} (pid {server['pid']})"
+        elif server:
+            where = f"dev server {server['address']} (not running)"
+        else:
+            where = f"Temporal at {report.get('address')}"
         state = "running and ready" if report["ready"] else "running, not ready"
         print(f"{state}: {where}; daemon pid {daemon.get('pid')}; state dir {state_dir}")
+        connection = report.get("connection") or {}
+        if connection:
+            error = f" ({connection['last_error']})" if connection.get("last_error") else ""
+            print(
+                f"  connection {connection.get('state')}{error}, epoch {connection.get('epoch')}, "
+                f"reconnects {connection.get('reconnects')}"
+            )
+        for worker in report.get("workers") or []:
+            running = "running" if worker.get("running") else "not running"
+            print(f"  worker {worker.get('task_queue')}: {running}, restarts {worker.get('restarts')}")
         if server:
             print(
-                f"  restarts {server['restarts']}, adopted {server['adopted']}, uptime {server['uptime_s']} s"
+                f"  dev server restarts {server['restarts']}, adopted {server['adopted']}, "
+                f"uptime {server['uptime_s']} s"
             )
+        http = report.get("http")
+        if isinstance(http, dict):
+            print(f"  endpoint {http.get('url')} (/healthz /readyz /status /metrics)")
     elif server:
         print(
             f"not running: but an orphaned dev server (pid {server['pid']}, {server['address']}) is alive; "
@@ -233,6 +303,28 @@ def _status(args: argparse.Namespace, state_dir: Path) -> int:
     else:
         print(f"not running (state dir {state_dir})")
     return code
+
+
+# --- logs ----------------------------------------------------------------------------------------------
+def _logs(args: argparse.Namespace, state_dir: Path) -> int:
+    if args.lines is not None and args.lines < 0:
+        raise UsageError(f"--lines must be >= 0, got {args.lines!r}")
+    from ._logs import show_log
+
+    path = state_dir / "logs" / ("devserver.log" if args.devserver else "daemon.log")
+    try:
+        found = show_log(path, lines=args.lines, follow=args.follow)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `logs | head`
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    if not found:
+        which = "dev server" if args.devserver else "daemon (only a detached daemon writes one)"
+        _say(f"no {which} log at {path}")
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 # --- up ------------------------------------------------------------------------------------------------
@@ -269,6 +361,9 @@ def _full_config(
         "persist": args.persist,
         "external": args.external,
         "demo_worker": args.demo_worker,
+        "http": args.http,
+        "http_allow_remote": args.http_allow_remote,
+        "log_format": args.log_format,
     }
     names = list(args.workers or ())
     if not names:
@@ -277,20 +372,38 @@ def _full_config(
     flags["workers"] = [spec for name in names for spec in load_worker_specs(name)]
     try:
         config = resolve(flags=flags, env=env, file={k: v for k, v in file.items() if k != "workers"})
-        if args.demo_worker is None and "STIGMER_TRIO_DEMO_WORKER" not in env and "demo_worker" not in file:
-            import attrs
+        import attrs
 
+        from ._config import HttpConfig
+
+        if args.demo_worker is None and "STIGMER_TRIO_DEMO_WORKER" not in env and "demo_worker" not in file:
             config = attrs.evolve(config, demo_worker=True)  # the daemon runs the demo worker by default
+        if args.http is None and "STIGMER_TRIO_HTTP" not in env and "http" not in file:
+            # the daemon serves its endpoint by default (loopback, a free port; `status` finds it)
+            config = attrs.evolve(config, http=HttpConfig(allow_remote=bool(args.http_allow_remote)))
         ensure_state_dir(config.state_dir)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    if config.http is not None and config.http.allow_remote:
+        from ._config import is_loopback
+
+        if not is_loopback(config.http.host):
+            _say(
+                f"warning: the control endpoint will listen on {config.http.host}, beyond this machine; "
+                "it has no authentication"
+            )
     return config
 
 
 def _foreground(config: Any) -> NoReturn:
+    from ._logs import RotatingLog
     from ._runtime import configure_logging, daemon_main
 
-    configure_logging()
+    log_path = os.environ.pop(LOG_ENV, None)
+    log_file = None
+    if log_path is not None:
+        log_file = RotatingLog(Path(log_path), config.log_max_bytes, config.log_backups)
+    configure_logging(log_format=config.log_format, log_file=log_file)
     notify_fd = os.environ.pop(NOTIFY_ENV, None)
 
     def report(message: dict[str, Any]) -> None:
@@ -333,7 +446,7 @@ def _detach(daemon_argv: Sequence[str], state_dir: Path) -> int:
             stderr=log_fd,
             start_new_session=True,
             pass_fds=(write_end,),
-            env={**os.environ, NOTIFY_ENV: str(write_end)},
+            env={**os.environ, NOTIFY_ENV: str(write_end), LOG_ENV: str(logs / "daemon.log")},
         )
     finally:
         os.close(write_end)
@@ -355,9 +468,10 @@ def _detach(daemon_argv: Sequence[str], state_dir: Path) -> int:
         return EXIT_OK
     if event == "ready":
         elapsed = time.monotonic() - began
+        endpoint = f", endpoint {message['http']}" if message.get("http") else ""
         print(
-            f"running: dev server {message.get('address')}, daemon pid {message.get('pid')}, "
-            f"ready in {elapsed:.2f} s"
+            f"running: dev server {message.get('address')}, daemon pid {message.get('pid')}"
+            f"{endpoint}, ready in {elapsed:.2f} s"
         )
         return EXIT_OK
     if event == "already-running":
@@ -449,6 +563,12 @@ def _daemon_argv(args: argparse.Namespace, state_dir: Path) -> list[str]:
         argv += ["--worker", worker]
     if args.demo_worker is False:
         argv.append("--no-demo")
+    if args.http is not None:
+        argv += ["--http", args.http]
+    if args.http_allow_remote:
+        argv.append("--http-allow-remote")
+    if args.log_format is not None:
+        argv += ["--log-format", args.log_format]
     return argv
 
 
@@ -633,6 +753,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args, _state_dir(args, env, file))
         if args.command == "demo":
             return _demo(args, _state_dir(args, env, file))
+        if args.command == "logs":
+            return _logs(args, _state_dir(args, env, file))
         if args.command == "stop":
             return _stop(args, _state_dir(args, env, file))
         if args.command == "restart":

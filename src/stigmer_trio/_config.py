@@ -16,7 +16,15 @@ from ._errors import ConfigError
 from ._policy import RestartPolicy
 from ._statefiles import default_state_dir
 
-__all__ = ["ConnectionConfig", "DevServerConfig", "RuntimeConfig", "WorkerSpec", "resolve"]
+__all__ = [
+    "ConnectionConfig",
+    "DevServerConfig",
+    "HttpConfig",
+    "RuntimeConfig",
+    "WorkerSpec",
+    "parse_http",
+    "resolve",
+]
 
 # Temporal namespace names: letters, digits, '-', '_' and '.', starting with a letter or digit.
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
@@ -28,12 +36,14 @@ DEFAULT_DEVSERVER_POLICY = RestartPolicy(
 )  # fmt: skip
 
 
-def _port(*, optional: bool = False) -> Any:
+def _port(*, optional: bool = False, zero: bool = False) -> Any:
+    low = 0 if zero else 1
+
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            raise ConfigError(f"{attribute.name} must be a port number 1-65535, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
+            raise ConfigError(f"{attribute.name} must be a port number {low}-65535, got {value!r}")
 
     return check
 
@@ -187,6 +197,66 @@ class WorkerSpec:
     )
 
 
+def is_loopback(host: str) -> bool:
+    """True for 'localhost' and loopback IP literals (127.0.0.0/8, ::1); no name resolution."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@attrs.frozen(kw_only=True)
+class HttpConfig:
+    """The control endpoint (/healthz /readyz /status /metrics). Port 0 picks a free port once.
+
+    Loopback only unless `allow_remote`: the endpoint has no authentication.
+    """
+
+    host: str = attrs.field(default="127.0.0.1", validator=_optional_str)
+    port: int = attrs.field(default=0, validator=_port(zero=True))
+    allow_remote: bool = attrs.field(default=False, validator=_bool)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.allow_remote and not is_loopback(self.host):
+            raise ConfigError(
+                f"http host {self.host!r} is not a loopback address; the endpoint has no "
+                "authentication: pass --http-allow-remote (allow_remote=True) to expose it"
+            )
+
+    @property
+    def bind(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_http(value: Any, where: str = "http", *, allow_remote: bool = False) -> HttpConfig | None:
+    """'off' -> None; 'HOST:PORT', ':PORT' or 'PORT' -> HttpConfig (ConfigError naming `where`)."""
+    if isinstance(value, HttpConfig) or value is None:
+        return value
+    if isinstance(value, bool) and not value:
+        return None
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ConfigError(f"{where} must be HOST:PORT or 'off', got {value!r}")
+    text = str(value).strip()
+    if text.lower() in ("off", "none", "false", "no"):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where} must be HOST:PORT (port 0-65535) or 'off', got {value!r}")
+    return HttpConfig(host=host, port=int(port), allow_remote=allow_remote)
+
+
+def _log_format(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in ("text", "json"):
+        raise ConfigError(f"{attribute.name} must be 'text' or 'json', got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class RuntimeConfig:
     """Everything one runtime needs. `dev_server` None is external mode (connect only)."""
@@ -202,6 +272,17 @@ class RuntimeConfig:
     # its own (the dev server's gives up after 5 restarts in 60 s). `[restart]` in the TOML file sets it.
     policy: RestartPolicy = attrs.field(default=RestartPolicy(max_restarts=None), validator=_policy)
     shutdown_timeout: float = attrs.field(default=15.0, validator=_seconds())
+    # The control endpoint; None (the library default) serves none. The CLI's daemon serves one.
+    http: HttpConfig | None = attrs.field(default=None)
+    # The daemon's own log (logs/daemon.log when detached): format, size bound and rotated copies.
+    log_format: str = attrs.field(default="text", validator=_log_format)
+    log_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_count(4096))
+    log_backups: int = attrs.field(default=3, validator=_count(0))
+
+    @http.validator
+    def _check_http(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and not isinstance(value, HttpConfig):
+            raise ConfigError(f"http must be an HttpConfig or None, got {value!r}")
 
     def effective_connection(self) -> ConnectionConfig:
         """The connection to use: the configured one, else the dev server's address and namespace."""
@@ -219,6 +300,10 @@ _DEV_KEYS = (
     "start_timeout", "health_interval", "health_timeout", "failures_to_restart", "stop_timeout",
     "log_max_bytes", "log_backups",
 )  # fmt: skip
+_FILE_KEYS = (
+    "state_dir", "dev_server", "shutdown_timeout", "restart", "external", "demo_worker", "workers",
+    "http", "http_allow_remote", "log_format", "log_max_bytes", "log_backups",
+)  # fmt: skip
 _POLICY_KEYS = tuple(f.name for f in attrs.fields(RestartPolicy))
 _INT_KEYS = {"port", "http_port", "metrics_port", "failures_to_restart", "log_max_bytes", "log_backups"}
 _FLOAT_KEYS = {"start_timeout", "health_interval", "health_timeout", "stop_timeout", "shutdown_timeout"}
@@ -233,7 +318,7 @@ def _env_value(key: str, raw: str) -> Any:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if key in ("persist", "demo_worker"):
+    if key in ("persist", "demo_worker", "http_allow_remote"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
@@ -268,11 +353,7 @@ def resolve(
     `flags` holds only the options the user gave (None values are ignored); `file` is the parsed TOML.
     """
     file = file or {}
-    _check_keys(
-        file,
-        ("state_dir", "dev_server", "shutdown_timeout", "restart", "external", "demo_worker"),
-        "config file",
-    )
+    _check_keys(file, _FILE_KEYS, "config file")
     runtime_policy = _table(file.get("restart", {}), "[restart]")
     _check_keys(runtime_policy, _POLICY_KEYS, "[restart]")
     file_dev = dict(_table(file.get("dev_server", {}), "[dev_server]"))
@@ -326,4 +407,11 @@ def resolve(
             raise ConfigError(f"[restart] {exc}") from None
     if shutdown is not None:
         runtime["shutdown_timeout"] = shutdown
+    http, allow_remote = pick("http", file), bool(pick("http_allow_remote", file))
+    if http is not None:
+        runtime["http"] = parse_http(http, allow_remote=allow_remote)
+    for key in ("log_format", "log_max_bytes", "log_backups"):
+        value = pick(key, file)
+        if value is not None:
+            runtime[key] = value
     return RuntimeConfig(**runtime)

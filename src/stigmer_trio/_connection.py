@@ -15,7 +15,7 @@ import trio
 
 from ._config import ConnectionConfig
 from ._errors import TemporalUnavailable
-from ._events import ConnectionStateChanged, Event, ServerExited, ServerReady
+from ._events import ConnectionStateChanged, Event, HealthChecked, ServerExited, ServerReady
 from ._hub import EventHub
 
 if TYPE_CHECKING:
@@ -93,6 +93,10 @@ class ConnectionCell:
                 self._wake = trio.Event()
                 await self._wake.wait()
         return None
+
+    def report(self, event: Event) -> None:
+        """Hand an event record to the hub (the connection child's probes report through here)."""
+        self._emit(event)
 
     def forget(self, *flags: str) -> None:
         self._flags.difference_update(flags)
@@ -207,9 +211,11 @@ async def _watch(config: ConnectionConfig, cell: ConnectionCell, client: Client)
     while True:
         if await cell.wait_poke(config.health_interval, "exited", "probe") == "exited":
             return "the dev server exited"
+        began = trio.current_time()
         try:
             await _temporal.check_health(client, timeout=config.health_timeout)
-        except TemporalUnavailable as exc:
-            return str(exc)
         except Exception as exc:  # any failed probe means "not healthy", never a crash of this child
-            return f"health check failed: {type(exc).__name__}: {exc}"
+            why = str(exc) if isinstance(exc, TemporalUnavailable) else f"{type(exc).__name__}: {exc}"
+            cell.report(HealthChecked(config.address, False, trio.current_time() - began, why))
+            return why if isinstance(exc, TemporalUnavailable) else f"health check failed: {why}"
+        cell.report(HealthChecked(config.address, True, trio.current_time() - began))

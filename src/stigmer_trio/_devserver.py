@@ -32,6 +32,7 @@ import trio
 from ._config import DevServerConfig
 from ._errors import DevServerError, PortInUse, TemporalUnavailable
 from ._events import EventHook, ServerExited, ServerReady
+from ._logs import RotatingLog
 from ._process import ProcessIdentity, Verdict, stop_process_group_async, verify
 from ._statefiles import (
     FileLock,
@@ -107,49 +108,6 @@ class StatePaths:
     @property
     def db(self) -> Path:
         return self.state_dir / "temporal.db"
-
-
-class RotatingLog:
-    """A size-bounded log file that another process appends to: rotated by copy + truncate."""
-
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-
-    def open_for_writer(self) -> int:
-        """An O_APPEND fd for the child's stdout/stderr (the caller closes its copy after spawning)."""
-        self.rotate_if_needed()
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        return os.open(self.path, flags, 0o600)
-
-    def size(self) -> int:
-        try:
-            return os.stat(self.path).st_size
-        except FileNotFoundError:
-            return 0
-
-    def rotate_if_needed(self) -> bool:
-        if self.size() <= self.max_bytes:
-            return False
-        for index in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-        if self.backups > 0:
-            shutil.copyfile(self.path, self.path.with_name(f"{self.path.name}.1"))
-        os.truncate(self.path, 0)
-        return True
-
-    def tail(self, since: int, limit: int = 4096) -> str:
-        """The last lines written after byte offset `since` (for error messages)."""
-        try:
-            with open(self.path, "rb") as f:
-                end = f.seek(0, os.SEEK_END)
-                f.seek(max(since if since <= end else 0, end - limit))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
 
 
 def _last_error_line(text: str) -> str:

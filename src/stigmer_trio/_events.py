@@ -18,6 +18,8 @@ __all__ = [
     "ConnectionStateChanged",
     "Event",
     "EventHook",
+    "FailFastRejected",
+    "HealthChecked",
     "ServerExited",
     "ServerReady",
     "WorkerStateChanged",
@@ -113,8 +115,27 @@ class WorkerStateChanged:
     reason: str
 
 
+@attrs.frozen
+class HealthChecked:
+    """One health RPC of the connection monitor: `ok` or `error`, and how long it took (seconds)."""
+
+    address: str
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
+@attrs.frozen
+class FailFastRejected:
+    """A call was refused without network I/O because the connection was `state`, not CONNECTED."""
+
+    operation: str
+    state: str
+
+
 Event: TypeAlias = (
     ChildStarted | ChildExited | ChildRestartScheduled | ChildAbandoned | RestartLimitExceeded
-    | ServerReady | ServerExited | ConnectionStateChanged | WorkerStateChanged
+    | ServerReady | ServerExited | ConnectionStateChanged | WorkerStateChanged | HealthChecked
+    | FailFastRejected
 )  # fmt: skip
 EventHook: TypeAlias = Callable[[Event], None]

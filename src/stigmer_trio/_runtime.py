@@ -24,18 +24,20 @@ from ._connection import ConnectionCell, ConnectionState, serve_connection
 from ._devserver import DevServer
 from ._errors import ConfigError, RestartLimitExceeded, StigmerError, TemporalUnavailable
 from ._events import (
-    ChildAbandoned,
     ChildExited,
     ChildRestartScheduled,
     ChildStarted,
     ConnectionStateChanged,
     Event,
     EventHook,
+    FailFastRejected,
     ServerExited,
     ServerReady,
     WorkerStateChanged,
 )
 from ._hub import EventHub
+from ._logs import EventLog, JsonFormatter, RotatingLog, RotatingStreamHandler
+from ._policy import RestartPolicy
 from ._statefiles import FileLock, PidRecord, ensure_state_dir, remove_pid_file, write_pid_file
 from ._supervisor import ChildSpec, Strategy, Supervisor
 from ._temporal_types import _NO_ARG
@@ -43,6 +45,8 @@ from ._worker import WorkerStatus, serve_worker
 
 if TYPE_CHECKING:
     from temporalio.client import Client, WorkflowHandle
+
+    from ._metrics import Metrics
 
 __all__ = ["Runtime", "daemon_main", "open_runtime", "run"]
 
@@ -68,6 +72,7 @@ class Runtime:
         supervisor: Supervisor,
         devserver: DevServer | None,
         workers: dict[str, WorkerStatus],
+        metrics: Metrics,
     ) -> None:
         self.config = config
         self._hub = hub
@@ -76,6 +81,11 @@ class Runtime:
         self.supervisor = supervisor
         self._devserver = devserver
         self._workers = workers
+        self.metrics = metrics  # its `registry` is this runtime's own Prometheus CollectorRegistry
+        self.http_url: str | None = None  # the control endpoint, once it serves
+        self.started_at = time.time()
+        self._devserver_restarts = 0
+        self._last_error: str | None = None
         self._inflight: set[trio.CancelScope] = set()
         hub.add_hook(self._on_event)
 
@@ -85,6 +95,25 @@ class Runtime:
         if isinstance(event, ConnectionStateChanged) and event.new == ConnectionState.DISCONNECTED.value:
             for scope in list(self._inflight):
                 scope.cancel(reason="connection lost")
+        elif isinstance(event, ChildRestartScheduled) and event.supervisor == "runtime":
+            if event.name == "devserver":
+                self._devserver_restarts += 1
+        elif isinstance(event, ServerExited) and not event.reason.startswith("stopped"):
+            self._last_error = f"dev server {event.reason}"
+        elif isinstance(event, ChildExited) and event.error is not None and not event.stopped:
+            self._last_error = f"{event.name}: {event.error}"
+        elif isinstance(event, RestartLimitExceeded):
+            self._last_error = str(event)
+        elif isinstance(event, ChildStarted) and event.name == "http" and isinstance(event.value, str):
+            self.http_url = event.value
+
+    def _client(self, operation: str) -> Client:
+        """The connected client, or TemporalUnavailable at once (counted: a FailFastRejected event)."""
+        try:
+            return self._cell.client()
+        except TemporalUnavailable:
+            self._hub.emit(FailFastRejected(operation, self._cell.state.value))
+            raise
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one request: TemporalUnavailable if it meets a dead server or the connection drops."""
@@ -105,7 +134,7 @@ class Runtime:
 
     def client(self) -> Client:
         """The connected temporalio Client; TemporalUnavailable at once when not CONNECTED."""
-        return self._cell.client()
+        return self._client("client")
 
     async def wait_connected(self) -> None:
         """Wait until CONNECTED (wrap in trio.fail_after as you like)."""
@@ -136,7 +165,7 @@ class Runtime:
         """Start a workflow; it was created, or this raised (TemporalUnavailable when Temporal is down)."""
         from . import _temporal
 
-        client = self._cell.client()
+        client = self._client("start_workflow")
         call = functools.partial(
             _temporal.start_workflow,
             client,
@@ -167,29 +196,42 @@ class Runtime:
         """Run ``await fn(client, *args)`` (an asyncio coroutine function) on the runtime's bridge."""
         from . import _temporal
 
-        client = self._cell.client()
+        client = self._client("run_asyncio")
         return await self._call(functools.partial(_temporal.run_asyncio, fn, client, *args))
 
     def status(self) -> dict[str, Any]:
-        """A JSON-able snapshot: connection, workers, dev server; ready = CONNECTED and every worker
-        polling on the current connection epoch."""
+        """A JSON-able snapshot, the document of GET /status and `status --json`: connection, workers,
+        dev server, endpoint; ready = CONNECTED and every worker polling on the current epoch."""
+        now = time.time()
         workers = [w.snapshot() for w in self._workers.values()]
-        server = self._devserver.info if self._devserver is not None else None
+        dev_server: dict[str, Any] | None = None
+        if self.config.dev_server is not None:
+            server = self._devserver.info if self._devserver is not None else None
+            dev_server = {
+                "pid": server.pid if server else None,
+                "address": server.address if server else self.config.dev_server.address,
+                "restarts": self._devserver_restarts,
+                "adopted": server.adopted if server else False,
+                "started_at": server.started_at if server else None,
+                "uptime_s": round(now - server.started_at, 3) if server else None,
+            }
         return {
+            "running": True,
             "ready": self._cell.state is ConnectionState.CONNECTED
             and all(w["running"] and w["epoch"] == self._cell.epoch for w in workers),
+            "state_dir": str(self.config.state_dir),
             "address": self._connection.address,
             "namespace": self._connection.namespace,
+            "daemon": {
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+                "uptime_s": round(now - self.started_at, 3),
+                "last_error": self._last_error,
+            },
+            "dev_server": dev_server,
             "connection": self._cell.snapshot(),
             "workers": workers,
-            "dev_server": None
-            if server is None
-            else {
-                "pid": server.pid,
-                "address": server.address,
-                "adopted": server.adopted,
-                "started_at": server.started_at,
-            },
+            "http": None if self.http_url is None else {"url": self.http_url},
         }
 
     async def events(self) -> AsyncIterator[Event]:
@@ -224,57 +266,99 @@ def _leaf_count(error: BaseException) -> int:
 
 @contextlib.asynccontextmanager
 async def _open_runtime(config: RuntimeConfig, hooks: Sequence[EventHook]) -> AsyncIterator[Runtime]:
-    connection = config.effective_connection()
-    async with trio_asyncio.open_loop():
-        hub = EventHub(tuple(hooks))
-        cell = ConnectionCell(emit=hub.emit)
-        children = []
-        devserver = None
-        if config.dev_server is not None:
-            devserver = DevServer(config.dev_server, config.state_dir, on_event=hub.emit)
-            children.append(
-                ChildSpec(
-                    "devserver",
-                    devserver.run,
-                    policy=config.dev_server.policy,
-                    shutdown_timeout=2 * config.dev_server.stop_timeout + 1.0,
-                )
-            )
-        children.append(
-            ChildSpec(
-                "connection", functools.partial(serve_connection, connection, cell, hub), shutdown_timeout=2.0
-            )
-        )
-        workers: dict[str, WorkerStatus] = {}
-        specs = list(config.workers)
-        if config.demo_worker:
-            from ._demo import DEMO_TASK_QUEUE, StigmerDemo, greet
+    from ._metrics import Metrics
 
-            specs.append(WorkerSpec(DEMO_TASK_QUEUE, workflows=[StigmerDemo], activities=[greet]))
-        for spec in specs:
-            if spec.task_queue in workers:
-                raise ConfigError(f"workers: two WorkerSpecs for task queue {spec.task_queue!r}")
-            status = workers[spec.task_queue] = WorkerStatus(spec.task_queue)
+    connection = config.effective_connection()
+    metrics = Metrics()
+    event_log = EventLog()
+    http = None
+    if config.http is not None:
+        from ._http import ControlApp, HttpServer
+        from ._metrics import CONTENT_TYPE
+
+        holder: list[Runtime] = []
+        app = ControlApp(lambda: holder[0].status(), metrics.exposition, CONTENT_TYPE)
+        http = HttpServer(config.http, app)  # binds now: a busy port fails here, before anything starts
+    try:
+        async with trio_asyncio.open_loop():
+            # Hooks run in this order: logging, metrics, then the caller's (which may read status()).
+            hub = EventHub((event_log, metrics.on_event, *hooks))
+            cell = ConnectionCell(emit=hub.emit)
+            children = []
+            devserver = None
+            if config.dev_server is not None:
+                devserver = DevServer(config.dev_server, config.state_dir, on_event=hub.emit)
+                children.append(
+                    ChildSpec(
+                        "devserver",
+                        devserver.run,
+                        policy=config.dev_server.policy,
+                        shutdown_timeout=2 * config.dev_server.stop_timeout + 1.0,
+                    )
+                )
             children.append(
                 ChildSpec(
-                    f"worker:{spec.task_queue}",
-                    functools.partial(serve_worker, spec, cell, status, hub.emit),
-                    policy=spec.policy,
-                    shutdown_timeout=spec.graceful_shutdown_timeout + 2.0,
+                    "connection",
+                    functools.partial(serve_connection, connection, cell, hub),
+                    shutdown_timeout=2.0,
                 )
             )
-        # ONE_FOR_ONE: a dev-server restart must not tear down the connection and the workers; they
-        # follow it through events (ServerExited / ServerReady) and connection epochs instead.
-        supervisor = Supervisor(
-            children, strategy=Strategy.ONE_FOR_ONE, policy=config.policy, name="runtime", on_event=hub.emit
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.serve)
-            runtime = Runtime(config, hub, cell, supervisor, devserver, workers)
-            try:
-                yield runtime
-            finally:
-                nursery.cancel_scope.cancel(reason="runtime closing")
+            workers: dict[str, WorkerStatus] = {}
+            specs = list(config.workers)
+            if config.demo_worker:
+                from ._demo import DEMO_TASK_QUEUE, StigmerDemo, greet
+
+                specs.append(WorkerSpec(DEMO_TASK_QUEUE, workflows=[StigmerDemo], activities=[greet]))
+            for spec in specs:
+                if spec.task_queue in workers:
+                    raise ConfigError(f"workers: two WorkerSpecs for task queue {spec.task_queue!r}")
+                status = workers[spec.task_queue] = WorkerStatus(spec.task_queue)
+                metrics.add_worker(spec.task_queue)
+                children.append(
+                    ChildSpec(
+                        f"worker:{spec.task_queue}",
+                        functools.partial(serve_worker, spec, cell, status, hub.emit),
+                        policy=spec.policy,
+                        shutdown_timeout=spec.graceful_shutdown_timeout + 2.0,
+                    )
+                )
+            if http is not None:
+                children.append(ChildSpec("http", http.serve, policy=HTTP_POLICY, shutdown_timeout=2.0))
+            for child in children:
+                metrics.add_child(child.name)
+            # ONE_FOR_ONE: a dev-server restart must not tear down the connection and the workers; they
+            # follow it through events (ServerExited / ServerReady) and connection epochs instead.
+            supervisor = Supervisor(
+                children,
+                strategy=Strategy.ONE_FOR_ONE,
+                policy=config.policy,
+                name="runtime",
+                on_event=hub.emit,
+            )
+            runtime = Runtime(config, hub, cell, supervisor, devserver, workers, metrics)
+            if http is not None:
+                holder.append(runtime)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_flush_log, event_log)
+                await nursery.start(supervisor.serve)
+                try:
+                    yield runtime
+                finally:
+                    nursery.cancel_scope.cancel(reason="runtime closing")
+    finally:
+        event_log.flush(force=True)
+        if http is not None:
+            http.close()
+
+
+HTTP_POLICY = RestartPolicy(max_restarts=10, window=60.0)
+
+
+async def _flush_log(event_log: EventLog) -> None:
+    """Aggregated repeats get their summary line within a second of their window closing."""
+    while True:
+        await trio.sleep(1.0)
+        event_log.flush()
 
 
 def run(config: RuntimeConfig, *, hooks: Sequence[EventHook] = ()) -> None:
@@ -288,7 +372,8 @@ def run(config: RuntimeConfig, *, hooks: Sequence[EventHook] = ()) -> None:
 
 
 class _StatusFile:
-    """Keeps runtime.json (the daemon's identity plus what `status` reports) current, atomically."""
+    """Keeps runtime.json current, atomically: the daemon's identity plus its last status() document
+    (what `status` reports when the endpoint does not answer)."""
 
     def __init__(self, config: RuntimeConfig, clock: Callable[[], float] = time.time) -> None:
         self.path = config.state_dir / RUNTIME_RECORD
@@ -297,73 +382,39 @@ class _StatusFile:
         me = psutil.Process()
         self.identity = (os.getpid(), me.create_time(), tuple(me.cmdline()))
         self.started_at = clock()
-        self.ready = False
-        self.dev_server: dict[str, Any] | None = None
-        self.restarts = 0
         self.last_error: str | None = None
         self.runtime: Runtime | None = None
 
     def write(self) -> None:
         pid, create_time, cmdline = self.identity
         live = self.runtime.status() if self.runtime is not None else None
+        if live is not None and self.last_error is not None:
+            live["daemon"]["last_error"] = self.last_error
         extra = {
             "state_dir": str(self.config.state_dir),
-            "ready": bool(live and live["ready"]) and (self.config.dev_server is None or self.ready),
+            "ready": bool(live and live["ready"]),
             "address": live["address"] if live else None,
             "namespace": live["namespace"] if live else None,
-            "dev_server": self.dev_server,
-            "connection": live["connection"] if live else None,
             "workers": live["workers"] if live else [],
-            "last_error": self.last_error,
+            "status": live,
         }
         write_pid_file(self.path, PidRecord(pid, create_time, cmdline, self.started_at, extra))
 
     def on_event(self, event: Event) -> None:
-        if isinstance(event, ServerReady):
-            self.ready = True
-            self.dev_server = {
-                "pid": event.pid,
-                "address": event.address,
-                "adopted": event.adopted,
-                "restarts": self.restarts,
-                "started_at": self.clock(),
-            }
-        elif isinstance(event, ServerExited):
-            self.ready = False
-            self.last_error = f"dev server {event.reason}"
-            if self.dev_server is not None:
-                self.dev_server = {**self.dev_server, "pid": None}
-        elif isinstance(event, ChildRestartScheduled) and event.name == "devserver":
-            self.restarts += 1
-            if self.dev_server is not None:
-                self.dev_server = {**self.dev_server, "restarts": self.restarts}
-        elif not isinstance(event, ConnectionStateChanged | WorkerStateChanged):
+        if isinstance(event, ChildStarted | ChildExited) and event.name not in ("http", "devserver"):
             return
-        self.write()
-
-
-def _log_event(event: Event) -> None:
-    if isinstance(event, ServerReady):
-        how = "adopted" if event.adopted else "started"
-        logger.info(
-            "dev server %s at %s (pid %d), ready after %.3f s",
-            how,
-            event.address,
-            event.pid,
-            event.ready_after,
-        )
-    elif isinstance(event, ServerExited):
-        logger.warning("dev server pid %d at %s: %s", event.pid, event.address, event.reason)
-    elif isinstance(event, ChildExited) and event.error is not None and not event.stopped:
-        logger.warning("child %s failed after %.3f s: %s", event.name, event.ran_for, event.error)
-    elif isinstance(event, ChildRestartScheduled):
-        logger.info("restarting %s in %.3f s (attempt %d)", event.name, event.delay, event.attempt)
-    elif isinstance(event, ChildAbandoned):
-        logger.error("child %s ignored cancellation for %g s: abandoned", event.name, event.shutdown_timeout)
-    elif isinstance(event, RestartLimitExceeded):
-        logger.error("%s", event)
-    elif isinstance(event, ChildStarted | ChildExited):
-        logger.debug("%r", event)
+        if isinstance(
+            event,
+            ServerReady
+            | ServerExited
+            | ChildRestartScheduled
+            | ConnectionStateChanged
+            | WorkerStateChanged
+            | ChildStarted
+            | ChildExited
+            | RestartLimitExceeded,
+        ):
+            self.write()
 
 
 Notify = Callable[[dict[str, Any]], None]
@@ -392,7 +443,7 @@ async def _daemon(config: RuntimeConfig, status: _StatusFile, notify: Notify) ->
             async def run_tree() -> None:
                 nonlocal failure
                 try:
-                    async with open_runtime(config, hooks=(_log_event, status.on_event)) as runtime:
+                    async with open_runtime(config, hooks=(status.on_event,)) as runtime:
                         status.runtime = runtime
                         status.write()
                         with trio.move_on_after(READY_WAIT):
@@ -405,6 +456,7 @@ async def _daemon(config: RuntimeConfig, status: _StatusFile, notify: Notify) ->
                                 "event": "ready" if ready else "started",
                                 "pid": os.getpid(),
                                 "address": runtime.status()["address"],
+                                "http": runtime.http_url,
                                 "elapsed": elapsed,
                             }
                         )
@@ -419,6 +471,8 @@ async def _daemon(config: RuntimeConfig, status: _StatusFile, notify: Notify) ->
         status.last_error = str(failure)
         if not isinstance(failure, RestartLimitExceeded):  # that one was logged as an event already
             logger.error("%s", failure)
+        with contextlib.suppress(Exception):
+            status.write()
         notify({"event": "error", "message": str(failure)})
         return 1
     return 0
@@ -447,9 +501,16 @@ def daemon_main(config: RuntimeConfig, notify: Notify) -> int:
         lock.release()
 
 
-def configure_logging(stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+def configure_logging(
+    stream: Any = None, *, log_format: str = "text", log_file: RotatingLog | None = None
+) -> None:
+    """The daemon's logging: one handler on the "stigmer_trio" logger, text or JSON lines; with
+    `log_file` (the detached daemon's stderr is that file) it is kept under its size bound."""
+    handler = RotatingStreamHandler(log_file, stream or sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("stigmer_trio")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
