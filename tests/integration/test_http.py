@@ -1,0 +1,280 @@
+"""The control endpoint over real loopback sockets: bad and slow clients never stop it serving.
+
+The server (HttpServer: hypercorn's Trio worker + our ASGI app) runs in this trio run, on a free port;
+clients are raw TCP streams, so malformed bytes reach the server exactly as sent. Real clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stigmer_trio._config import HttpConfig
+from stigmer_trio._http import ControlApp, HttpPortInUse, HttpServer
+
+pytestmark = pytest.mark.integration
+
+STATUS = {"ready": True, "connection": {"state": "connected", "epoch": 1}, "workers": []}
+
+
+class Endpoint:
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.port = server.port
+        self.requests = 0
+
+    async def exchange(self, raw: bytes, timeout: float = 5.0) -> bytes:
+        """Send `raw`, half-close, read until the server closes: everything it answered."""
+        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        async with stream:
+            await stream.send_all(raw)
+            await stream.send_eof()
+            data = b""
+            with trio.fail_after(timeout):
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+        return data
+
+    async def get(self, path: str, method: str = "GET") -> tuple[int, bytes]:
+        data = await self.exchange(
+            f"{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+        )
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[Endpoint]:
+    app = ControlApp(lambda: STATUS, lambda: b"# HELP x\n" * 200, "text/plain; version=0.0.4")
+    server = HttpServer(HttpConfig(port=0), app)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        assert f"http://127.0.0.1:{server.port}" == url
+        yield Endpoint(server)
+        nursery.cancel_scope.cancel(reason="test over")
+    server.close()
+
+
+class ThreadedEndpoint:
+    """The endpoint in its own trio run on a thread, for synchronous tests (hypothesis drives examples
+    itself, so its test cannot share a trio run with an async fixture)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._scope: trio.CancelScope | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            app = ControlApp(lambda: STATUS, lambda: b"x", "text/plain")
+            server = HttpServer(HttpConfig(port=0), app)
+            self.port = server.port
+            self._token = trio.lowlevel.current_trio_token()
+            try:
+                with trio.CancelScope() as self._scope:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(server.serve)
+                        self._ready.set()
+            finally:
+                server.close()
+
+        try:
+            trio.run(main)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def __enter__(self) -> ThreadedEndpoint:
+        self._thread.start()
+        assert self._ready.wait(10), "the endpoint did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._scope is not None and self._token is not None:
+            trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(10)
+
+    def exchange(self, raw: bytes, timeout: float = 5.0) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return data
+
+    def get(self, path: str) -> int:
+        data = self.exchange(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        return int(data.split(b" ", 2)[1])
+
+
+@pytest.fixture(scope="module")
+def threaded_endpoint() -> Iterator[ThreadedEndpoint]:
+    with ThreadedEndpoint() as endpoint:
+        yield endpoint
+    assert endpoint.error is None, repr(endpoint.error)
+
+
+class TestServing:
+    async def test_endpoints_over_tcp(self, endpoint: Endpoint) -> None:
+        """The four resources answer over a real socket; unknown path 404, POST 405."""
+        assert 200 == (await endpoint.get("/healthz"))[0]
+        assert 200 == (await endpoint.get("/readyz"))[0]
+        assert 200 == (await endpoint.get("/status"))[0]
+        assert 200 == (await endpoint.get("/metrics"))[0]
+        assert 404 == (await endpoint.get("/nope"))[0]
+        assert 405 == (await endpoint.get("/status", "POST"))[0]
+
+    async def test_a_busy_port_is_a_clear_error(self, endpoint: Endpoint) -> None:
+        """Binding a port that is in use: HttpPortInUse naming the address, at construction."""
+        with pytest.raises(HttpPortInUse, match=rf"127\.0\.0\.1:{endpoint.port} is in use"):
+            HttpServer(HttpConfig(port=endpoint.port), ControlApp(dict, bytes, "text/plain"))
+
+    def test_non_loopback_without_the_flag_is_refused_by_the_cli(self, tmp_path: Any) -> None:
+        """`up --http 0.0.0.0:0`: exit 2, one line naming the host and the flag, nothing started."""
+        result = subprocess.run(
+            [sys.executable, "-m", "stigmer_trio", "up", "--state-dir", str(tmp_path), "--http", "0.0.0.0:0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert 2 == result.returncode
+        assert 1 == len(result.stderr.strip().splitlines()), result.stderr
+        assert "'0.0.0.0'" in result.stderr
+        assert "--http-allow-remote" in result.stderr
+        assert not (tmp_path / "runtime.json").exists()
+
+
+# Request heads a broken or hostile client might send: garbage, bad request lines, bad headers, huge
+# heads, invalid bytes, wrong versions, bodies that do not match their length.
+_token = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=40)
+_request_line = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        lambda m, p, v: f"{m} {p} {v}".encode("latin-1"),
+        st.sampled_from(["GET", "POST", "HEAD", "BREW", "", "G ET", "get"]),
+        st.one_of(st.sampled_from(["/healthz", "/status", "*", "", "//", "/%00", "http://x/y"]), _token),
+        st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/9", "", "HTTP/1.1 extra"]),
+    ),
+)
+_header = st.one_of(
+    st.binary(max_size=100),
+    st.builds(lambda k, v: f"{k}: {v}".encode("latin-1"), _token, _token),
+    st.sampled_from(
+        [
+            b"Content-Length: -1",
+            b"Content-Length: 99999999999999999999",
+            b"Transfer-Encoding: chunked",
+            b"Transfer-Encoding: gzip, chunked",
+            b"Host: a\r\nHost: b",
+            b"X: " + b"y" * 20_000,
+            b" folded: header",
+        ]
+    ),
+)
+_request = st.builds(
+    lambda line, headers, tail: line + b"\r\n" + b"\r\n".join(headers) + tail,
+    _request_line,
+    st.lists(_header, max_size=6),
+    st.sampled_from([b"\r\n\r\n", b"\r\n", b"", b"\n\n", b"\r\n\r\n0\r\n", b"\r\n\r\nxyz"]),
+)
+
+
+class TestHostileClients:
+    @settings(
+        max_examples=80,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(raw=_request)
+    def test_malformed_requests_leave_it_serving(
+        self, threaded_endpoint: ThreadedEndpoint, raw: bytes
+    ) -> None:
+        """Whatever bytes arrive, the server answers or closes within 5 s, and keeps serving."""
+        # The server may reset a connection that sent garbage: fine (a timeout is not).
+        with contextlib.suppress(ConnectionResetError):
+            threaded_endpoint.exchange(raw)
+        assert 200 == threaded_endpoint.get("/healthz")
+        assert threaded_endpoint.error is None
+
+    async def test_slow_loris_does_not_block_others_and_is_cut_off(self, endpoint: Endpoint) -> None:
+        """20 clients trickling a request head one byte per 0.2 s: others are served at once meanwhile;
+        the trickling connections are closed by the server (keep-alive timeout), not kept forever."""
+        closed_after: list[float] = []
+        began = trio.current_time()
+
+        async def loris() -> None:
+            stream = await trio.open_tcp_stream("127.0.0.1", endpoint.port)
+            async with stream:
+                head = b"GET /status HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 1000
+                try:
+                    for byte in head:
+                        await stream.send_all(bytes([byte]))
+                        await trio.sleep(0.2)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    closed_after.append(trio.current_time() - began)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(loris)
+            await trio.sleep(0.5)
+            for _ in range(10):
+                with trio.fail_after(1.0):
+                    assert 200 == (await endpoint.get("/healthz"))[0]
+                await trio.sleep(0.1)
+            with trio.move_on_after(30):
+                while len(closed_after) < 20:
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel(reason="test over")
+        assert 20 == len(closed_after)
+        assert max(closed_after) < 15.0
+        assert 200 == (await endpoint.get("/healthz"))[0]
+
+    async def test_500_concurrent_connections_are_all_served(self, endpoint: Endpoint) -> None:
+        """500 clients at once, each GET /readyz: 500 answers of 200."""
+        codes: list[int] = []
+
+        async def one() -> None:
+            codes.append((await endpoint.get("/readyz"))[0])
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(500):
+                    nursery.start_soon(one)
+        assert [200] * 500 == codes
+        assert 200 == (await endpoint.get("/healthz"))[0]
+
+    async def test_clients_that_vanish_mid_response(self, endpoint: Endpoint) -> None:
+        """100 clients reset the connection right after the request (RST, not FIN): still serving."""
+        for _ in range(100):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.connect(("127.0.0.1", endpoint.port))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            sock.close()  # RST while the server may be writing its answer
+            await trio.sleep(0)
+        await trio.sleep(0.2)
+        assert 200 == (await endpoint.get("/metrics"))[0]
+
+    async def test_idle_connections_are_closed(self, endpoint: Endpoint) -> None:
+        """A client that connects and sends nothing is dropped (keep-alive timeout, 5 s)."""
+        stream = await trio.open_tcp_stream("127.0.0.1", endpoint.port)
+        async with stream:
+            with trio.fail_after(12):
+                assert b"" == await stream.receive_some(1024)
