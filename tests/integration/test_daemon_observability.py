@@ -1,0 +1,248 @@
+"""The daemon's observability as an operator meets it: the endpoint, its metrics, `status`, the logs.
+
+Real daemon (`up --detach`), real temporal binary, real clock; the `Stack` of test_daemon tracks and
+cleans up every process.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from test_daemon import RECOVERY, Identity, Stack, clean_env, free_port, wait_for
+
+from stigmer_trio._logs import RotatingLog, RotatingStreamHandler
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    stack = Stack(tmp_path / "state", free_port())
+    try:
+        yield stack
+    finally:
+        stack.cleanup()
+
+
+def fetch(url: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    code, body = fetch(url, "/metrics")
+    assert 200 == code
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+def without_uptimes(report: dict[str, Any]) -> dict[str, Any]:
+    """The report minus what changes by itself between two reads (uptimes)."""
+    copy = json.loads(json.dumps(report))
+    for part in ("daemon", "dev_server"):
+        if isinstance(copy.get(part), dict):
+            copy[part].pop("uptime_s", None)
+    return copy
+
+
+class TestEndpoint:
+    def test_devserver_kill_shows_in_metrics_and_readyz(self, stack: Stack) -> None:
+        """SIGKILL of the server: /readyz goes 503 then 200; restarts_total +1; one crash-to-ready
+        sample; the scrape parses with prometheus-client's parser throughout."""
+        report = stack.start()
+        url = report["http"]["url"]
+        assert url.startswith("http://127.0.0.1:")
+        assert (200, b"ready\n") == fetch(url, "/readyz")
+        assert 0.0 == metric(url, "stigmer_devserver_restarts_total")
+        assert 1.0 == metric(url, "stigmer_devserver_up")
+        assert 1.0 == metric(url, "stigmer_connection_state", state="connected")
+        server = Identity.of(report["dev_server"]["pid"])
+        assert server is not None
+        assert server.signal(signal.SIGKILL)
+        codes: list[int] = []
+        deadline = time.monotonic() + RECOVERY
+        while time.monotonic() < deadline:
+            code, _ = fetch(url, "/readyz")
+            codes.append(code)
+            if 503 in codes and code == 200:
+                break
+            time.sleep(0.005)
+        assert 503 in codes, codes[:20]
+        assert 200 == codes[-1]
+        assert 1.0 == metric(url, "stigmer_devserver_restarts_total")
+        assert 1.0 == metric(url, "stigmer_devserver_crash_to_ready_seconds_count")
+        assert 1.0 == metric(url, "stigmer_supervisor_restarts_total", child="devserver")
+        assert 1.0 == metric(url, "stigmer_reconnects_total")
+        assert 1.0 == metric(url, "stigmer_devserver_up")
+        assert metric(url, "stigmer_health_check_seconds_count") >= 0.0
+
+    def test_status_endpoint_equals_status_json(self, stack: Stack) -> None:
+        """GET /status and `status --json` give the same document (uptimes aside)."""
+        report = stack.start()
+        code, body = fetch(report["http"]["url"], "/status")
+        assert 200 == code
+        _, again = stack.status()
+        assert without_uptimes(json.loads(body)) == without_uptimes(again)
+        assert {"running", "ready", "daemon", "dev_server", "connection", "workers", "http"} <= set(again)
+
+    def test_status_without_an_endpoint_reads_the_state_files(self, stack: Stack) -> None:
+        """`up --http off`: no endpoint; `status` still reports ready from runtime.json."""
+        report = stack.start("--http", "off")
+        assert report["http"] is None
+        assert report["ready"]
+        assert "connected" == report["connection"]["state"]
+
+    def test_status_falls_back_when_the_endpoint_hangs(self, stack: Stack) -> None:
+        """A stopped (SIGSTOP) daemon: `status` answers from the state files within ~1 s, exit 0/1."""
+        report = stack.start()
+        daemon = Identity.of(report["daemon"]["pid"])
+        assert daemon is not None
+        daemon.signal(signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            code, fallback = stack.status()
+            elapsed = time.monotonic() - began
+        finally:
+            daemon.signal(signal.SIGCONT)
+        assert code in (0, 1)
+        assert fallback["running"]
+        assert report["dev_server"]["pid"] == fallback["dev_server"]["pid"]
+        assert elapsed < 5.0
+
+    def test_http_port_in_use_is_a_clear_failure(self, stack: Stack) -> None:
+        """`up --http 127.0.0.1:P` with P taken: exit 1 naming the address; nothing left running."""
+        import socket
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = stack.up("--http", f"127.0.0.1:{port}")
+        assert 1 == result.returncode
+        assert f"127.0.0.1:{port} is in use" in result.stderr
+        assert [] == stack.ours()
+
+
+class TestLogs:
+    def test_json_lines_parse_and_carry_the_fields(self, stack: Stack) -> None:
+        """--log-format json: every line of daemon.log is a JSON object with ts, level, event; the
+        server's exit and return are there with their fields."""
+        report = stack.start("--log-format", "json")
+        server = Identity.of(report["dev_server"]["pid"])
+        assert server is not None
+        server.signal(signal.SIGKILL)
+        stack.wait_status(
+            lambda code, r: code == 0 and r["dev_server"]["pid"] not in (None, server.pid),
+            RECOVERY,
+            "a new dev server, ready",
+        )
+        lines = stack.daemon_log().splitlines()
+        documents = [json.loads(line) for line in lines]
+        for document in documents:
+            assert {"ts", "level", "event", "message"} <= set(document)
+        exits = [d for d in documents if d["event"] == "ServerExited"]
+        readies = [d for d in documents if d["event"] == "ServerReady"]
+        assert server.pid == exits[0]["pid"]
+        assert "WARNING" == exits[0]["level"]
+        assert {"address", "pid", "adopted", "ready_after"} <= set(readies[-1])
+        assert 2 == len(readies)
+
+    def test_logs_prints_the_daemon_and_devserver_logs(self, stack: Stack) -> None:
+        """`logs` prints daemon.log; `-n 1` its last line; `--devserver` the server's own log."""
+        stack.start()
+        where = ["--state-dir", str(stack.state_dir)]
+        full = stack.cli("logs", *where)
+        assert 0 == full.returncode
+        assert "dev server started at" in full.stdout
+        assert full.stdout == stack.daemon_log()
+        last = stack.cli("logs", "-n", "1", *where)
+        assert [full.stdout.splitlines()[-1]] == last.stdout.splitlines()
+        server = stack.cli("logs", "--devserver", *where)
+        assert 0 == server.returncode
+        assert server.stdout.strip()
+
+    def test_logs_follow_shows_new_lines(self, stack: Stack) -> None:
+        """`logs --follow` prints what the daemon logs afterwards (here: the server's exit)."""
+        report = stack.start()
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "stigmer_trio", "logs", "--follow", "--state-dir", str(stack.state_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+        )
+        try:
+            assert follow.stdout is not None
+            os.set_blocking(follow.stdout.fileno(), False)
+            seen = bytearray()
+
+            def shows(text: bytes) -> bool:
+                seen.extend(follow.stdout.read() or b"")  # type: ignore[union-attr]
+                return text in seen
+
+            wait_for(lambda: shows(b"dev server started"), 10, "the existing log in `logs --follow`")
+            server = Identity.of(report["dev_server"]["pid"])
+            assert server is not None
+            server.signal(signal.SIGKILL)
+            wait_for(lambda: shows(b"exited"), RECOVERY, "the server's exit in `logs --follow`")
+        finally:
+            follow.send_signal(signal.SIGINT)
+            _, errors = follow.communicate(timeout=10)
+        assert 130 == follow.returncode
+        assert b"Traceback" not in errors
+
+    def test_logs_without_a_log_is_one_line(self, tmp_path: Path) -> None:
+        """No daemon.log yet: exit 1, one line naming the file."""
+        result = subprocess.run(
+            [sys.executable, "-m", "stigmer_trio", "logs", "--state-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=clean_env(),
+        )
+        assert 1 == result.returncode
+        assert 1 == len(result.stderr.splitlines())
+        assert str(tmp_path / "logs" / "daemon.log") in result.stderr
+
+
+class TestDaemonLogRotation:
+    def test_the_log_stays_bounded_and_rotates(self, tmp_path: Path) -> None:
+        """A writer on an O_APPEND fd (as the detached daemon's stderr): past max_bytes the file is
+        copied to .1 and truncated; the writer keeps writing to the same file."""
+        log = RotatingLog(tmp_path / "daemon.log", max_bytes=4096, backups=2)
+        fd = log.open_for_writer()
+        with os.fdopen(fd, "w") as stream:
+            handler = RotatingStreamHandler(log, stream)
+            logger = logging.getLogger(f"rotation-test-{id(handler)}")
+            logger.handlers[:] = [handler]
+            logger.propagate = False
+            for index in range(400):
+                logger.warning("line %04d %s", index, "x" * 60)
+            handler.flush()
+        assert log.size() <= 4096 + 100
+        assert (tmp_path / "daemon.log.1").exists()
+        assert (tmp_path / "daemon.log.2").exists()
+        assert not (tmp_path / "daemon.log.3").exists()
+        assert (tmp_path / "daemon.log").read_text().splitlines()[-1].startswith("line 0399")
