@@ -10,7 +10,7 @@ TYPE_CHECKING = False  # not `from typing import`: typing costs ~8 ms on the CLI
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._config import ConnectionConfig, DevServerConfig, RuntimeConfig, WorkerSpec
+    from ._config import ConnectionConfig, DevServerConfig, HttpConfig, RuntimeConfig, WorkerSpec
     from ._connection import ConnectionState
     from ._errors import (
         ConfigError,
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
         ConnectionStateChanged,
         Event,
         EventHook,
+        FailFastRejected,
+        HealthChecked,
         ServerExited,
         ServerReady,
         WorkerStateChanged,
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
 _EXPORTS: dict[str, str] = {
     "ConnectionConfig": "._config",
     "DevServerConfig": "._config",
+    "HttpConfig": "._config",
+    "FailFastRejected": "._events",
+    "HealthChecked": "._events",
     "RuntimeConfig": "._config",
     "WorkerSpec": "._config",
     "ConnectionState": "._connection",
@@ -91,6 +96,9 @@ __all__ = [
     "DevServerError",
     "Event",
     "EventHook",
+    "FailFastRejected",
+    "HealthChecked",
+    "HttpConfig",
     "IdentityMismatch",
     "PortInUse",
     "Restart",
