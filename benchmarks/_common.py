@@ -169,7 +169,7 @@ def leave(code: int) -> None:
 class Server:
     """The bare `temporal server start-dev` on fixed 127.0.0.1 ports, persisted db, HOME in `root`."""
 
-    def __init__(self, root: Path, *, eager: bool = True) -> None:
+    def __init__(self, root: Path, *, eager: bool = True, tuned: bool = False) -> None:
         self.root = root
         self.home = root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -178,6 +178,7 @@ class Server:
         self.port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.eager = eager
+        self.tuned = tuned  # the runtime's own dev-server settings (dynamic config + SQLite pragmas)
         self.proc: trio.Process | None = None
         self.spawns = 0
 
@@ -188,7 +189,14 @@ class Server:
             "--metrics-port", str(self.metrics_port), "--log-format", "json",
             "--db-filename", str(self.db), "--namespace", "default",
         ]  # fmt: skip
-        if self.eager:
+        if self.tuned:
+            from stigmer_trio._config import DEFAULT_DYNAMIC_CONFIG, DEFAULT_SQLITE_PRAGMAS
+
+            for setting in DEFAULT_DYNAMIC_CONFIG:
+                command += ["--dynamic-config-value", setting]
+            for pragma in DEFAULT_SQLITE_PRAGMAS:
+                command += ["--sqlite-pragma", pragma]
+        elif self.eager:
             command += EAGER_FLAG
         return command
 

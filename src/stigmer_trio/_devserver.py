@@ -213,11 +213,13 @@ class DevServer:
             str(binary), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
             "--port", str(ports["grpc"]), "--http-port", str(ports["http"]),
             "--metrics-port", str(ports["metrics"]), "--log-format", "json",
-            # The runtime's client and workers share a process: let it start workflows eagerly.
-            "--dynamic-config-value", "system.enableEagerWorkflowStart=true",
         ]  # fmt: skip
+        for setting in config.dynamic_config:  # eager start, transfer-queue rate: see _config.py
+            command += ["--dynamic-config-value", setting]
         if config.persist:
             command += ["--db-filename", str(config.db_filename or self.paths.db)]
+            for pragma in config.sqlite_pragmas:
+                command += ["--sqlite-pragma", pragma]
         for namespace in config.namespaces:
             command += ["--namespace", namespace]
         command += list(config.extra_args)

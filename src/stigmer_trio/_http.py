@@ -189,7 +189,7 @@ class HttpServer:
 
 
 class _Started:
-    """Adapts hypercorn's started(binds) to our started(url)."""
+    """Adapts trio.serve_listeners' started(listeners) to our started(url)."""
 
     def __init__(self, task_status: trio.TaskStatus[str], url: str) -> None:
         self._task_status = task_status

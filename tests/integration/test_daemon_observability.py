@@ -91,7 +91,13 @@ class TestEndpoint:
         assert 503 in codes, codes[:20]
         assert 200 == codes[-1]
         assert 1.0 == metric(url, "stigmer_devserver_restarts_total")
-        assert 1.0 == metric(url, "stigmer_devserver_crash_to_ready_seconds_count")
+        # The connection may reconnect a moment before the dev server child has probed every namespace
+        # and reported ServerReady (which ends the crash-to-ready interval).
+        wait_for(
+            lambda: metric(url, "stigmer_devserver_crash_to_ready_seconds_count") == 1.0,
+            RECOVERY,
+            "one crash-to-ready sample",
+        )
         assert 1.0 == metric(url, "stigmer_supervisor_restarts_total", child="devserver")
         assert 1.0 == metric(url, "stigmer_reconnects_total")
         assert 1.0 == metric(url, "stigmer_devserver_up")

@@ -1,6 +1,6 @@
 """The control endpoint under load: /readyz and /metrics latency, and its cost to the workflows. Tables.
 
-    .venv/bin/python benchmarks/http.py [--rounds 6] [--phase 5] [--clients 50] [--load 2]
+    .venv/bin/python benchmarks/http_endpoint.py [--rounds 6] [--phase 5] [--clients 50] [--load 2]
 
 Not a test. Real clock. The runtime in dev-server mode with the endpoint on (127.0.0.1, a free port) and a
 worker running a one-activity workflow; `--load` loops run workflows back to back through
@@ -11,19 +11,17 @@ rt.execute_workflow the whole time.
 2. Cost to the workflows: phases of `--phase` seconds alternate between "scraped" (a child process GETs
    /metrics every 100 ms, as a Prometheus would with a short interval) and "not scraped", `--rounds`
    times each, order alternating; workflow round trip p50/p99 per condition. Target: p99 moves <= 5 %.
+
+Not named http.py: on sys.path (a script's own directory is) it would shadow the stdlib `http` package
+for every benchmark here, since prometheus-client imports http.server.
 """
 
 from __future__ import annotations
 
-import sys
-
-# This file is named http.py (the issue names it so): its directory must not shadow the stdlib's `http`
-# package, which prometheus-client and hypercorn import. Keep it on the path, after the stdlib.
-sys.path.append(sys.path.pop(0))
-
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 
