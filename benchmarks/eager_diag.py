@@ -38,11 +38,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(
 
 import itertools
 
-from temporalio.api.enums.v1 import EventType  # noqa: E402
-from temporalio.client import Client  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.worker import Worker
 
-from bench_workflows import BenchEcho, echo  # noqa: E402
+from bench_workflows import BenchEcho, echo
 
 TEMPORAL = Path(sys.executable).parent / "temporal"
 EAGER = ("system.enableEagerWorkflowStart=true",)
