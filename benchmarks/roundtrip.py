@@ -26,15 +26,21 @@ in streaks), then `--bursts` rounds of `--conc` concurrent workflows per way.
   SDK      plain asyncio, client.execute_workflow(...) with the SDK's defaults (no eager start)
   SDK-E    plain asyncio with request_eager_start=True
   SDK-STOCK  plain asyncio with the SDK's defaults against the stock dev server
+  TH-BR    the alternative bridge: temporalio (Client + Worker on "th-q") on a plain asyncio loop in a
+           dedicated thread of this process; trio submits with asyncio.run_coroutine_threadsafe and is
+           woken through its TrioToken. Eager start off, as RT-BR: compare the two bridges with SDK.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import itertools
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -60,7 +66,8 @@ from bench_workflows import BenchEcho, echo
 
 RT_QUEUE = "rt-q"
 SDK_QUEUE = "sdk-q"
-WAYS = ("RT", "RT-BR", "RT-BR-E", "SDK", "SDK-E", "SDK-STOCK")
+TH_QUEUE = "th-q"
+WAYS = ("RT", "RT-BR", "RT-BR-E", "SDK", "SDK-E", "SDK-STOCK", "TH-BR")
 LABELS = {
     "RT": "RT: runtime facade rt.execute_workflow (eager start)",
     "RT-BR": "RT-BR: runtime bridge, run_asyncio, eager OFF",
@@ -68,7 +75,70 @@ LABELS = {
     "SDK": "SDK: plain asyncio, SDK defaults (eager off)",
     "SDK-E": "SDK-E: plain asyncio, eager ON",
     "SDK-STOCK": "SDK-STOCK: plain asyncio, SDK defaults, stock dev server",
+    "TH-BR": "TH-BR: alternative bridge, asyncio loop in a thread, eager OFF",
 }
+
+
+class ThreadBridge:
+    """temporalio on its own asyncio loop in a dedicated thread; trio awaits results without a thread
+    hop of its own: the concurrent future's done-callback wakes trio through its TrioToken."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop()  # a plain one, not trio-asyncio's
+        self.client: Any = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="asyncio-bridge", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        from temporalio.client import Client
+        from temporalio.worker import Worker
+
+        self._stop = asyncio.Event()
+        self.client = await Client.connect(self.address)
+        worker = Worker(
+            self.client,
+            task_queue=TH_QUEUE,
+            workflows=[BenchEcho],
+            activities=[echo],
+            activity_executor=concurrent.futures.ThreadPoolExecutor(8),
+        )
+        async with worker:
+            self._ready.set()
+            await self._stop.wait()
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(30) or self._error is not None:
+            raise RuntimeError(f"the asyncio bridge thread did not start: {self._error!r}")
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        future = asyncio.run_coroutine_threadsafe(fn(self.client, *args), self.loop)
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            future.cancel()
+            raise
+        return future.result()
+
+
 WARMUP = 10  # round trips per way before anything is recorded
 
 
@@ -89,6 +159,13 @@ class Bench:
 
     # --- one round trip, each way, in this process ---------------------------------------------------
     def runtime_call(self, rt: st.Runtime, way: str) -> Any:
+        if way == "TH-BR":
+            thread_id = self.next_id(way)
+
+            async def in_thread(client: Any) -> Any:
+                return await client.execute_workflow("BenchEcho", "x", id=thread_id, task_queue=TH_QUEUE)
+
+            return self.bridge.call(in_thread)
         if way == "RT":
             return rt.execute_workflow("BenchEcho", "x", id=self.next_id(way), task_queue=RT_QUEUE)
         eager = way == "RT-BR-E"
@@ -141,6 +218,8 @@ class Bench:
         sdk, _ = await SdkChild.start(self.server.address, SDK_QUEUE, self.root / "sdk-child.log")
         stock, _ = await SdkChild.start(self.stock.address, SDK_QUEUE, self.root / "sdk-stock-child.log")
         sdks = {"tuned": sdk, "stock": stock}
+        self.bridge = ThreadBridge(self.server.address)
+        self.bridge.start()
         config = st.RuntimeConfig(
             state_dir=self.root / "runtime",
             dev_server=None,
@@ -189,6 +268,7 @@ class Bench:
             with trio.CancelScope(shield=True):
                 await sdk.close()
                 await stock.close()
+                await trio.to_thread.run_sync(self.bridge.stop)
                 for server in (self.server, self.stock):
                     if server.proc is not None:
                         await server.kill()
@@ -225,6 +305,9 @@ class Bench:
             ("RT p50 / RT-BR-E p50 (the facade's own cost)", ratio("RT", "RT-BR-E", 0.5), ""),
             ("RT p99 / RT-BR-E p99 (the facade's own cost)", ratio("RT", "RT-BR-E", 0.99), ""),
             ("RT / SDK throughput", tput("RT", "SDK"), ""),
+            ("TH-BR p50 / SDK p50 (thread bridge overhead, eager off)", ratio("TH-BR", "SDK", 0.5), ""),
+            ("TH-BR p99 / SDK p99 (thread bridge overhead, eager off)", ratio("TH-BR", "SDK", 0.99), ""),
+            ("TH-BR / SDK throughput (thread bridge)", tput("TH-BR", "SDK"), ""),
         ]
         bounds = {"<= 0.6": (0.6, -1), "<= 1.05": (1.05, -1), "<= 1.2": (1.2, -1), ">= 0.95": (0.95, 1)}
         lines = ["| ratio | value | target | met |", "|---|---|---|---|"]
