@@ -252,3 +252,49 @@ class TestDaemonLogRotation:
         assert (tmp_path / "daemon.log.2").exists()
         assert not (tmp_path / "daemon.log.3").exists()
         assert (tmp_path / "daemon.log").read_text().splitlines()[-1].startswith("line 0399")
+
+
+class TestShowLog:
+    def test_follow_continues_across_a_rotation(self, tmp_path: Path) -> None:
+        """show_log(follow=True) prints appended lines, and after copy + truncate starts from the top."""
+        import io
+        import threading
+
+        from stigmer_trio._logs import show_log
+
+        path = tmp_path / "daemon.log"
+        path.write_bytes(b"one\n")
+        out = io.BytesIO()
+        stop = threading.Event()
+        follower = threading.Thread(
+            target=show_log,
+            kwargs={"path": path, "follow": True, "out": out, "poll": 0.01, "should_stop": stop.is_set},
+        )
+        follower.start()
+        try:
+            wait_for(lambda: b"one\n" == out.getvalue(), 5, "the existing line")
+            with path.open("ab") as f:
+                f.write(b"two\n")
+            wait_for(lambda: out.getvalue().endswith(b"two\n"), 5, "the appended line")
+            RotatingLog(path, max_bytes=1, backups=1).rotate_if_needed()
+            with path.open("ab") as f:
+                f.write(b"three\n")
+            wait_for(lambda: out.getvalue().endswith(b"three\n"), 5, "the line after the rotation")
+        finally:
+            stop.set()
+            follower.join(5)
+        assert b"one\ntwo\nthree\n" == out.getvalue()
+        assert b"one\ntwo\n" == (tmp_path / "daemon.log.1").read_bytes()
+
+    def test_last_lines(self, tmp_path: Path) -> None:
+        """lines=N: only the last N lines; a missing file without follow is False."""
+        import io
+
+        from stigmer_trio._logs import show_log
+
+        path = tmp_path / "daemon.log"
+        path.write_bytes(b"a\nb\nc\n")
+        out = io.BytesIO()
+        assert show_log(path, lines=2, out=out)
+        assert b"b\nc\n" == out.getvalue()
+        assert not show_log(tmp_path / "missing.log", out=io.BytesIO())
