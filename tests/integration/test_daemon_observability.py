@@ -298,3 +298,15 @@ class TestShowLog:
         assert show_log(path, lines=2, out=out)
         assert b"b\nc\n" == out.getvalue()
         assert not show_log(tmp_path / "missing.log", out=io.BytesIO())
+
+
+class TestDevServerTuning:
+    def test_the_server_runs_with_the_tuned_settings(self, stack: Stack) -> None:
+        """The dev server's command line has the dynamic config and pragmas; the db runs in WAL mode."""
+        import psutil
+
+        report = stack.start()
+        cmdline = psutil.Process(report["dev_server"]["pid"]).cmdline()
+        for value in ("history.transferProcessorMaxPollRPS=1000", "journal_mode=wal", "synchronous=normal"):
+            assert value in cmdline
+        assert (stack.state_dir / "temporal.db-wal").exists()

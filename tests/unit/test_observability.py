@@ -399,3 +399,45 @@ class TestReadiness:
             "connection disconnected: UNAVAILABLE; worker a not running; worker b still on an old connection"
             == why
         )
+
+
+class TestDevServerTuning:
+    def test_defaults(self) -> None:
+        """Eager start and the transfer-queue rate; WAL with synchronous=normal."""
+        from stigmer_trio import DevServerConfig
+
+        config = DevServerConfig()
+        assert (
+            "system.enableEagerWorkflowStart=true",
+            "history.transferProcessorMaxPollRPS=1000",
+        ) == config.dynamic_config
+        assert ("journal_mode=wal", "synchronous=normal") == config.sqlite_pragmas
+
+    def test_from_file_and_environment(self) -> None:
+        """[dev_server] lists, or comma-separated STIGMER_TRIO_* values; empty lists turn them off."""
+        file = {"dev_server": {"dynamic_config": [], "sqlite_pragmas": ["journal_mode=delete"]}}
+        config = resolve(flags={"state_dir": "/tmp/x"}, env={}, file=file)
+        assert config.dev_server is not None
+        assert ((), ("journal_mode=delete",)) == (
+            config.dev_server.dynamic_config,
+            config.dev_server.sqlite_pragmas,
+        )
+        env = {"STIGMER_TRIO_SQLITE_PRAGMAS": "journal_mode=wal, synchronous=full"}
+        config = resolve(flags={"state_dir": "/tmp/x"}, env=env, file=file)
+        assert config.dev_server is not None
+        assert ("journal_mode=wal", "synchronous=full") == config.dev_server.sqlite_pragmas
+
+    @pytest.mark.parametrize(
+        ("field", "bad"),
+        [
+            ("sqlite_pragmas", "journal_mode = wal"),
+            ("dynamic_config", "no-equals-sign"),
+            ("sqlite_pragmas", "x=a;b"),
+        ],
+    )
+    def test_bad_settings_name_the_field(self, field: str, bad: str) -> None:
+        """A malformed KEY=VALUE: one ConfigError naming the field and the value."""
+        from stigmer_trio import DevServerConfig
+
+        with pytest.raises(ConfigError, match=rf"^{field} must be a list of KEY=VALUE"):
+            DevServerConfig(**{field: [bad]})
