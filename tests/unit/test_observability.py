@@ -410,6 +410,7 @@ class TestDevServerTuning:
         assert (
             "system.enableEagerWorkflowStart=true",
             "history.transferProcessorMaxPollRPS=1000",
+            'history.longPollExpirationInterval="2s"',
         ) == config.dynamic_config
         assert ("journal_mode=wal", "synchronous=normal") == config.sqlite_pragmas
 
