@@ -11,6 +11,7 @@ rt.execute_workflow the whole time.
 2. Cost to the workflows: phases of `--phase` seconds alternate between "scraped" (a child process GETs
    /metrics every 100 ms, as a Prometheus would with a short interval) and "not scraped", `--rounds`
    times each, order alternating; workflow round trip p50/p99 per condition. Target: p99 moves <= 5 %.
+   `--aa` runs the same schedule with no scraping at all: the ratio it prints is the noise floor.
 
 Not named http.py: on sys.path (a script's own directory is) it would shadow the stdlib `http` package
 for every benchmark here, since prometheus-client imports http.server.
@@ -83,7 +84,7 @@ async def clients(url: str, mode: str, seconds: float, n: int = 1) -> dict[str, 
     return results
 
 
-async def bench(rounds: int, phase: float, n_clients: int, load: int) -> str:
+async def bench(rounds: int, phase: float, n_clients: int, load: int, aa: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="stigmer-http-bench-") as state:
         config = st.RuntimeConfig(
             state_dir=state,
@@ -117,7 +118,7 @@ async def bench(rounds: int, phase: float, n_clients: int, load: int) -> str:
                     order = ["not scraped", "scraped every 100 ms"]
                     for condition in order if index % 2 else order[::-1]:
                         latencies.clear()
-                        if condition == "not scraped":
+                        if condition == "not scraped" or aa:  # --aa: both conditions unscraped
                             await trio.sleep(phase)
                         else:
                             scraped = await clients(url, "scrape", phase)
@@ -158,13 +159,16 @@ def main() -> int:
     parser.add_argument("--phase", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--clients", type=int, default=50, help="concurrent endpoint clients")
     parser.add_argument("--load", type=int, default=2, help="concurrent workflow loops")
+    parser.add_argument(
+        "--aa", action="store_true", help="A/A control: no scraping in either condition (the noise floor)"
+    )
     args = parser.parse_args()
     if args.rounds < 1 or args.phase <= 0 or args.clients < 1 or args.load < 1:
         parser.error("every count must be >= 1 and --phase > 0")
     tables: list[str] = []
 
     def run() -> None:
-        tables.append(trio.run(bench, args.rounds, args.phase, args.clients, args.load))
+        tables.append(trio.run(bench, args.rounds, args.phase, args.clients, args.load, args.aa))
 
     code, elapsed, load_before = run_timed(run)
     for table in tables:

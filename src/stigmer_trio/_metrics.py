@@ -40,6 +40,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
         self._exited_at: float | None = None  # when the dev server last went away, until it is ready
+        # The exposition, until the next change: every change comes through on_event (or add_*), so a
+        # scrape between two events (most of them: health checks come once a second) costs a lookup
+        # instead of ~0.3 ms of the runtime's thread.
+        self._text: bytes | None = None
         r = self.registry
         self.devserver_up = Gauge(
             "stigmer_devserver_up", "1 while the supervised dev server answers health checks", registry=r
@@ -99,14 +103,17 @@ class Metrics:
 
     def add_worker(self, task_queue: str) -> None:
         """Make the worker's series exist (at 0) before its first event."""
+        self._text = None
         self.worker_running.labels(task_queue=task_queue).set(0)
         self.worker_restarts.labels(task_queue=task_queue)
 
     def add_child(self, name: str) -> None:
+        self._text = None
         self.supervisor_restarts.labels(child=name)
 
     def on_event(self, event: Event) -> None:
         """The hook: one event record in, the matching metrics updated."""
+        self._text = None
         if isinstance(event, HealthChecked):
             self.health_check.observe(event.seconds)
             if not event.ok:
@@ -140,4 +147,6 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
-        return generate_latest(self.registry)
+        if self._text is None:
+            self._text = generate_latest(self.registry)
+        return self._text

@@ -442,3 +442,19 @@ class TestDevServerTuning:
 
         with pytest.raises(ConfigError, match=rf"^{field} must be a list of KEY=VALUE"):
             DevServerConfig(**{field: [bad]})
+
+
+class TestExpositionCache:
+    def test_unchanged_metrics_are_not_rendered_again(self) -> None:
+        """Two scrapes with no event between: the same bytes object (no second rendering)."""
+        metrics = Metrics()
+        assert metrics.exposition() is metrics.exposition()
+
+    def test_every_event_invalidates(self) -> None:
+        """An event between two scrapes shows in the second one."""
+        metrics = Metrics()
+        metrics.exposition()
+        metrics.on_event(FailFastRejected("client", "connecting"))
+        assert 1.0 == value(metrics, "stigmer_failfast_rejections_total")
+        metrics.add_worker("late")
+        assert 0.0 == value(metrics, "stigmer_worker_running", task_queue="late")
