@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 import tempfile
@@ -84,7 +85,29 @@ async def clients(url: str, mode: str, seconds: float, n: int = 1) -> dict[str, 
     return results
 
 
-async def bench(rounds: int, phase: float, n_clients: int, load: int, aa: bool = False) -> str:
+class GcPauses:
+    """Collector pauses in this process (gc.callbacks), per generation: a scrape allocates, and full
+    collections in a process holding temporalio's object graph are what a latency tail feels."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._began = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], (time.perf_counter() - self._began) * 1000))
+
+    def take(self) -> list[tuple[int, float]]:
+        taken, self.pauses = self.pauses, []
+        return taken
+
+
+async def bench(
+    rounds: int, phase: float, n_clients: int, load: int, aa: bool = False, freeze: bool = False
+) -> str:
     with tempfile.TemporaryDirectory(prefix="stigmer-http-bench-") as state:
         config = st.RuntimeConfig(
             state_dir=state,
@@ -107,6 +130,11 @@ async def bench(rounds: int, phase: float, n_clients: int, load: int, aa: bool =
                     latencies.append((time.perf_counter_ns() - began) / 1e6)
 
             by_condition: dict[str, list[float]] = {"not scraped": [], "scraped every 100 ms": []}
+            pauses: dict[str, list[tuple[int, float]]] = {"not scraped": [], "scraped every 100 ms": []}
+            if freeze:
+                gc.collect()
+                gc.freeze()  # everything alive now is never traversed again by the collector
+            collector = GcPauses()
             async with trio.open_nursery() as nursery:
                 for _ in range(load):
                     nursery.start_soon(loop)
@@ -118,12 +146,14 @@ async def bench(rounds: int, phase: float, n_clients: int, load: int, aa: bool =
                     order = ["not scraped", "scraped every 100 ms"]
                     for condition in order if index % 2 else order[::-1]:
                         latencies.clear()
+                        collector.take()
                         if condition == "not scraped" or aa:  # --aa: both conditions unscraped
                             await trio.sleep(phase)
                         else:
                             scraped = await clients(url, "scrape", phase)
                             by_condition.setdefault("scrapes", []).extend(scraped["/metrics"])
                         by_condition[condition] += latencies
+                        pauses[condition] += collector.take()
                     print(f"# round {index + 1}/{rounds}", file=sys.stderr, flush=True)
                 nursery.cancel_scope.cancel(reason="benchmark over")
 
@@ -138,13 +168,25 @@ async def bench(rounds: int, phase: float, n_clients: int, load: int, aa: bool =
     p99_ratio = pct(scraped, 0.99) / pct(base, 0.99)
     wf.row("workflow round trip, /metrics scraped every 100 ms", scraped, "p99 <= 1.05x", p99_ratio <= 1.05)
     requests = sum(len(v) for v in endpoint.values())
+    gc_lines = [
+        "| collector pauses in the runtime process | gen 0 | gen 1 | gen 2 | gen 2 max (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for condition, seen in pauses.items():
+        counts = [sum(1 for g, _ in seen if g == gen) for gen in (0, 1, 2)]
+        worst = max((ms for g, ms in seen if g == 2), default=0.0)
+        gc_lines.append(f"| {condition} | {counts[0]} | {counts[1]} | {counts[2]} | {worst:.1f} |")
     return "\n\n".join(
         [
             http_table.render(),
             f"{requests / phase:.0f} requests/s served to {n_clients} clients over {phase:g} s.",
             wf.render(),
             f"p99 ratio scraped / not scraped: {p99_ratio:.3f}; p50 ratio: "
-            f"{median(scraped) / median(base):.3f} ({rounds} phases of {phase:g} s each, alternating).",
+            f"{median(scraped) / median(base):.3f} ({rounds} phases of {phase:g} s each, alternating"
+            + ("; A/A: neither condition scraped" if aa else "")
+            + ("; gc.freeze() after start-up" if freeze else "")
+            + ").",
+            "\n".join(gc_lines),
         ]
     )
 
@@ -162,13 +204,16 @@ def main() -> int:
     parser.add_argument(
         "--aa", action="store_true", help="A/A control: no scraping in either condition (the noise floor)"
     )
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() once the runtime is ready")
     args = parser.parse_args()
     if args.rounds < 1 or args.phase <= 0 or args.clients < 1 or args.load < 1:
         parser.error("every count must be >= 1 and --phase > 0")
     tables: list[str] = []
 
     def run() -> None:
-        tables.append(trio.run(bench, args.rounds, args.phase, args.clients, args.load, args.aa))
+        tables.append(
+            trio.run(bench, args.rounds, args.phase, args.clients, args.load, args.aa, args.gc_freeze)
+        )
 
     code, elapsed, load_before = run_timed(run)
     for table in tables:

@@ -460,6 +460,7 @@ async def _daemon(config: RuntimeConfig, status: _StatusFile, notify: Notify) ->
                                 "elapsed": elapsed,
                             }
                         )
+                        _freeze_startup_objects()
                         await trio.sleep_forever()
                 except* StigmerError as group:
                     failure = _first_leaf(group)
@@ -476,6 +477,16 @@ async def _daemon(config: RuntimeConfig, status: _StatusFile, notify: Notify) ->
         notify({"event": "error", "message": str(failure)})
         return 1
     return 0
+
+
+def _freeze_startup_objects() -> None:
+    """The daemon owns its process: move everything start-up built (temporalio's object graph, the
+    modules) out of the collector's way. Measured (benchmarks/http_endpoint.py): full collections went
+    from ~27 ms to ~2.5 ms, and they are what a workflow's p99 feels."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def daemon_main(config: RuntimeConfig, notify: Notify) -> int:
