@@ -9,7 +9,8 @@ rt.execute_workflow the whole time.
 1. Endpoint latency: a child process (plain asyncio, its own CPU) runs `--clients` concurrent keep-alive
    clients, half on /readyz and half on /metrics, for `--phase` seconds; p50/p99 per path.
 2. Cost to the workflows: phases of `--phase` seconds alternate between "scraped" (a child process GETs
-   /metrics every 100 ms, as a Prometheus would with a short interval) and "not scraped", `--rounds`
+   /metrics every 100 ms, as a Prometheus would with a short interval) and "not scraped" (a child
+   process that only sleeps: the same start-up cost), `--rounds`
    times each, order alternating; workflow round trip p50/p99 per condition. Target: p99 moves <= 5 %.
    `--aa` runs the same schedule with no scraping at all: the ratio it prints is the noise floor.
 
@@ -61,7 +62,9 @@ async def _child(url: str, mode: str, seconds: float, clients: int) -> None:
     host, _, port = url.removeprefix("http://").rpartition(":")
     until = time.monotonic() + seconds
     results: dict[str, list[float]] = {"/readyz": [], "/metrics": []}
-    if mode == "scrape":
+    if mode == "idle":  # the control phase: the same child process start-up, no requests
+        await asyncio.sleep(seconds)
+    elif mode == "scrape":
         await _client(host, int(port), "/metrics", until, 0.1, results["/metrics"])
     else:
         paths = ["/readyz", "/metrics"]
@@ -148,7 +151,9 @@ async def bench(
                         latencies.clear()
                         collector.take()
                         if condition == "not scraped" or aa:  # --aa: both conditions unscraped
-                            await trio.sleep(phase)
+                            # A child that only sleeps: both conditions pay for starting one (~0.2 s of
+                            # CPU at the start of a phase, which alone moved the p99 by ~5-10 %).
+                            await clients(url, "idle", phase)
                         else:
                             scraped = await clients(url, "scrape", phase)
                             by_condition.setdefault("scrapes", []).extend(scraped["/metrics"])
