@@ -126,9 +126,9 @@ class HttpServer:
     """One endpoint across restarts of its child: the first lifetime uses the socket bound up front (so a
     busy port fails the start, not a later restart); later lifetimes bind the same port again."""
 
-    def __init__(self, config: HttpConfig, app: ControlApp) -> None:
+    def __init__(self, config: HttpConfig, app: ControlApp | None = None) -> None:
         self.config = config
-        self.app = app
+        self.app = app  # may be set after binding, before serve()
         self._socket: socket.socket | None = bind_socket(config.host, config.port)
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://{config.bind.rsplit(':', 1)[0]}:{self.port}"
@@ -155,6 +155,8 @@ class HttpServer:
         from hypercorn.typing import ConnectionState
         from hypercorn.utils import wrap_app
 
+        if self.app is None:
+            raise RuntimeError("HttpServer.serve() needs its app")
         sock, self._socket = self._socket, None
         if sock is None:
             sock = bind_socket(self.config.host, self.port)

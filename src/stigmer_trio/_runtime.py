@@ -273,12 +273,9 @@ async def _open_runtime(config: RuntimeConfig, hooks: Sequence[EventHook]) -> As
     event_log = EventLog()
     http = None
     if config.http is not None:
-        from ._http import ControlApp, HttpServer
-        from ._metrics import CONTENT_TYPE
+        from ._http import HttpServer
 
-        holder: list[Runtime] = []
-        app = ControlApp(lambda: holder[0].status(), metrics.exposition, CONTENT_TYPE)
-        http = HttpServer(config.http, app)  # binds now: a busy port fails here, before anything starts
+        http = HttpServer(config.http)  # binds now: a busy port fails here, before anything starts
     try:
         async with trio_asyncio.open_loop():
             # Hooks run in this order: logging, metrics, then the caller's (which may read status()).
@@ -337,7 +334,10 @@ async def _open_runtime(config: RuntimeConfig, hooks: Sequence[EventHook]) -> As
             )
             runtime = Runtime(config, hub, cell, supervisor, devserver, workers, metrics)
             if http is not None:
-                holder.append(runtime)
+                from ._http import ControlApp
+                from ._metrics import CONTENT_TYPE
+
+                http.app = ControlApp(runtime.status, metrics.exposition, CONTENT_TYPE)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_flush_log, event_log)
                 await nursery.start(supervisor.serve)
