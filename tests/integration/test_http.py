@@ -278,3 +278,18 @@ class TestHostileClients:
         async with stream:
             with trio.fail_after(12):
                 assert b"" == await stream.receive_some(1024)
+
+
+def test_allow_remote_prints_a_warning(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--http 0.0.0.0:0 --http-allow-remote`: accepted, with a warning that names the host (no bind here)."""
+    from stigmer_trio import _cli
+
+    args = _cli._parser().parse_args(
+        ["up", "--state-dir", str(tmp_path), "--http", "0.0.0.0:0", "--http-allow-remote"]
+    )
+    config = _cli._full_config(args, {}, {}, tmp_path)
+    assert HttpConfig(host="0.0.0.0", port=0, allow_remote=True) == config.http
+    warning = capsys.readouterr().err
+    assert "warning" in warning
+    assert "0.0.0.0" in warning
+    assert "no authentication" in warning
