@@ -302,16 +302,6 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    """A state dir (not created yet) and a free port; at teardown nothing of ours is left running."""
-    stack = Stack(tmp_path / "state", free_port())
-    try:
-        yield stack
-    finally:
-        stack.cleanup()
-
-
-@pytest.fixture
 def spawn() -> Iterator[Spawn]:
     """Start helper processes (new session each); kill and reap whatever is left of them afterwards."""
     started: list[subprocess.Popen[str]] = []

@@ -14,26 +14,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_daemon import RECOVERY, Identity, Stack, clean_env, free_port, wait_for
+from test_daemon import RECOVERY, Identity, Stack, clean_env, wait_for
 
 from stigmer_trio._logs import RotatingLog, RotatingStreamHandler
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(tmp_path / "state", free_port())
-    try:
-        yield stack
-    finally:
-        stack.cleanup()
 
 
 def fetch(url: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
