@@ -332,8 +332,9 @@ def _logs(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 # --- up ------------------------------------------------------------------------------------------------
-def _already_running(state_dir: Path, port: int | None = None, wait: bool = True) -> int:
-    """Say where the running daemon is; while it is still starting, wait (bounded) until it is ready."""
+def _already_running(state_dir: Path, port: int | None = None, wait: bool = True) -> int | None:
+    """Say where the running daemon is; while it is still starting, wait (bounded) until it is ready.
+    None: it stopped (or died) before it was ready; the caller starts a daemon of its own."""
     daemon = _record(state_dir, "runtime.json")
     if wait and (daemon is None or not daemon.extra.get("ready")):
         return _wait_for_other_daemon(state_dir, time.monotonic(), port)
@@ -433,8 +434,9 @@ def _foreground(config: Any) -> NoReturn:
         os._exit(code)  # temporalio can crash the interpreter at exit after a clean shutdown
 
 
-def _detach(daemon_argv: Sequence[str], state_dir: Path) -> int:
-    """Start the daemon in a new session; wait for its verdict; print where it runs or why it failed."""
+def _detach(daemon_argv: Sequence[str], state_dir: Path) -> int | None:
+    """Start the daemon in a new session; wait for its verdict; print where it runs or why it failed.
+    None: it found another daemon starting, which then stopped before it was ready (try again)."""
     import subprocess
 
     logs = state_dir / "logs"
@@ -517,15 +519,12 @@ def _read_line(pipe: Any, timeout: float) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
-def _wait_for_other_daemon(state_dir: Path, began: float, port: int | None = None) -> int:
-    """A daemon runs (or won the race) but is not ready yet: wait until it is ready or gone."""
+def _wait_for_other_daemon(state_dir: Path, began: float, port: int | None = None) -> int | None:
+    """A daemon runs (or won the race) but is not ready yet: wait until it is ready (its exit code) or
+    gone (None: it stopped or died, say killed mid-start; the caller may start its own)."""
     while time.monotonic() - began < DETACH_WAIT:
         if not _daemon_running(state_dir):
-            _say(
-                "another daemon was starting in this state dir but has stopped; "
-                "see `status` and logs/daemon.log"
-            )
-            return EXIT_FAILURE
+            return None
         record = _record(state_dir, "runtime.json")
         if record is not None and record.extra.get("ready"):
             return _already_running(state_dir, port, wait=False)
@@ -534,15 +533,28 @@ def _wait_for_other_daemon(state_dir: Path, began: float, port: int | None = Non
     return EXIT_FAILURE
 
 
+UP_TRIES = 3  # a daemon found starting that then dies is replaced by ours; at most this often
+
+
 def _up(args: argparse.Namespace, env: Mapping[str, str], file: Mapping[str, Any]) -> int:
     state_dir = _state_dir(args, env, file)
-    # A detached daemon skips this check: it must take the lock itself and report to its parent.
-    if NOTIFY_ENV not in env and _daemon_running(state_dir):
-        return _already_running(state_dir, args.port)
-    config = _full_config(args, env, file, state_dir)
-    if args.detach:
-        return _detach(_daemon_argv(args, config.state_dir), config.state_dir)
-    _foreground(config)
+    config = None
+    for _ in range(UP_TRIES):
+        # A detached daemon skips this check: it must take the lock itself and report to its parent.
+        if NOTIFY_ENV not in env and _daemon_running(state_dir):
+            code = _already_running(state_dir, args.port)
+            if code is not None:
+                return code
+            continue  # it stopped before it was ready: start ours
+        if config is None:
+            config = _full_config(args, env, file, state_dir)
+        if not args.detach:
+            _foreground(config)
+        code = _detach(_daemon_argv(args, config.state_dir), config.state_dir)
+        if code is not None:
+            return code
+    _say(f"daemons in {state_dir} keep stopping before they are ready; see `status` and logs/daemon.log")
+    return EXIT_FAILURE
 
 
 def _daemon_argv(args: argparse.Namespace, state_dir: Path) -> list[str]:
@@ -667,40 +679,73 @@ def _stop(args: argparse.Namespace, state_dir: Path) -> int:
     if not daemon_up and not server_up:
         print("not running")
         return EXIT_OK
-    from ._errors import IdentityMismatch
-    from ._process import Verdict, stop_process_group, verify
+    from ._process import Verdict, verify
 
     began = time.monotonic()
     stopped: list[str] = []
     if daemon_up:
         record = _record(state_dir, "runtime.json")
-        if record is None or verify(record) is not Verdict.SAME:
+        give_up = time.monotonic() + ORPHAN_WAIT  # a daemon that just took its lock writes its record next
+        while (record is None or verify(record) is not Verdict.SAME) and time.monotonic() < give_up:
+            if not _daemon_running(state_dir):
+                break
+            time.sleep(0.01)
+            record = _record(state_dir, "runtime.json")
+        if not _daemon_running(state_dir):
+            record = None  # it died meanwhile: only its server may be left
+        elif record is None or verify(record) is not Verdict.SAME:
             _say(
                 f"{state_dir / 'runtime.lock'} is held by a process that cannot be verified as our "
                 "daemon; not touching it"
             )
             return EXIT_FAILURE
-        if not _signal_and_wait(record, args.timeout):
-            _say(f"the daemon (pid {record.pid}) did not stop within {args.timeout:g} s: killing it")
-            _kill_verified(record)
-        stopped.append(f"daemon pid {record.pid}")
-    if lock_is_held(state_dir / "devserver.lock"):
-        orphan = _record(state_dir, "devserver.json")
-        if orphan is None:
-            _say(
-                f"{state_dir / 'devserver.lock'} is held but devserver.json is missing: cannot verify, "
-                "not touching it"
-            )
-            return EXIT_FAILURE
-        try:
-            stop_process_group(orphan, timeout=min(args.timeout, 10.0) or 0.1)
-        except IdentityMismatch as exc:
-            _say(str(exc))
-            return EXIT_FAILURE
-        remove_pid_file(state_dir / "devserver.json")
-        stopped.append(f"dev server pid {orphan.pid}")
+        if record is not None:
+            if not _signal_and_wait(record, args.timeout):
+                _say(f"the daemon (pid {record.pid}) did not stop within {args.timeout:g} s: killing it")
+                _kill_verified(record)
+            stopped.append(f"daemon pid {record.pid}")
+    code, orphan = _stop_orphan(state_dir, args.timeout)
+    if code != EXIT_OK:
+        return code
+    if orphan is not None:
+        stopped.append(orphan)
+    if not stopped:
+        print("not running")
+        return EXIT_OK
     print(f"stopped {', '.join(stopped)} in {time.monotonic() - began:.2f} s")
     return EXIT_OK
+
+
+ORPHAN_WAIT = 2.0  # seconds a held devserver.lock may take to be provably ours (or to be let go)
+
+
+def _stop_orphan(state_dir: Path, timeout: float) -> tuple[int, str | None]:
+    """Stop a dev server whose daemon is gone, proven ours by devserver.json (or, the instant before it
+    execs, by its launcher's command line there). A lock whose holder cannot be proven ours is left
+    alone; held without a record is transient (a launcher whose daemon died exits on its own)."""
+    from ._errors import IdentityMismatch
+    from ._process import Verdict, live_identity, stop_process_group
+
+    lock = state_dir / "devserver.lock"
+    give_up = time.monotonic() + ORPHAN_WAIT
+    while lock_is_held(lock):
+        record = _record(state_dir, "devserver.json")
+        if record is not None:
+            identity, verdict = live_identity(record)
+            if verdict is Verdict.SAME:
+                try:
+                    stop_process_group(identity, timeout=min(timeout, 10.0) or 0.1)
+                except IdentityMismatch as exc:
+                    _say(str(exc))
+                    return EXIT_FAILURE, None
+                remove_pid_file(state_dir / "devserver.json")
+                return EXIT_OK, f"dev server pid {record.pid}"
+        if time.monotonic() >= give_up:
+            why = "devserver.json is missing" if record is None else f"pid {record.pid} is {verdict.value}"
+            _say(f"{lock} is held but {why}: cannot verify, not touching it")
+            return EXIT_FAILURE, None
+        time.sleep(0.01)
+    return EXIT_OK, None
 
 
 def _signal_and_wait(record: PidRecord, timeout: float) -> bool:

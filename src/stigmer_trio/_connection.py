@@ -4,11 +4,16 @@
 # reconnects with backoff forever (ConnectionConfig.policy), which is its whole job: an unexpected bug
 # still raises and is restarted by the Supervisor. Fast paths: ServerExited drops to DISCONNECTED at
 # once; ServerReady and a request's UNAVAILABLE skip the backoff sleep / the probe interval.
+# With a supervised dev server (`follow_server`) it never attaches to a server that is not the current
+# ready one: ServerExited (said when a server is condemned, before it is stopped) cancels every attempt
+# and probe in flight, and the next attempt waits for the next ServerReady. Without that, a hung server
+# that is SIGCONTed for its stop answers for a second and becomes a short-lived new epoch.
 from __future__ import annotations
 
+import contextlib
 import enum
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -37,7 +42,7 @@ class ConnectionState(enum.Enum):
 class ConnectionCell:
     """The current connection: readers read it without awaiting; only the connection child writes it."""
 
-    def __init__(self, emit: Callable[[Event], None] | None = None) -> None:
+    def __init__(self, emit: Callable[[Event], None] | None = None, *, follow_server: bool = False) -> None:
         self.state = ConnectionState.CONNECTING
         self.epoch = 0  # +1 on every successful (re)connection
         self.reconnects = 0
@@ -47,6 +52,12 @@ class ConnectionCell:
         self._changed = trio.Event()
         self._wake = trio.Event()
         self._flags: set[str] = set()
+        # The supervised dev server, as its events tell it (follow_server: connect only to a ready one).
+        self.follow_server = follow_server
+        self.server_up = False
+        self.server_generation = 0  # +1 on every ServerReady
+        self._server_changed = trio.Event()
+        self._server_scopes: set[trio.CancelScope] = set()
 
     # --- readers -------------------------------------------------------------------------------------
     def client(self) -> Client:
@@ -104,9 +115,37 @@ class ConnectionCell:
     def on_event(self, event: Event) -> None:
         """Hub hook: the dev server's exits and readiness drive the fast paths."""
         if isinstance(event, ServerExited):
+            self.server_up = False
+            for scope in list(self._server_scopes):
+                scope.cancel(reason="the dev server was condemned")
             self.poke("exited")
         elif isinstance(event, ServerReady):
+            self.server_up = True
+            self.server_generation += 1
             self.poke("ready")
+        else:
+            return
+        changed, self._server_changed = self._server_changed, trio.Event()
+        changed.set()
+
+    async def wait_server_up(self) -> None:
+        """Until the supervised dev server is ready (at once when not following one)."""
+        while self.follow_server and not self.server_up:
+            await self._server_changed.wait()
+
+    @contextlib.contextmanager
+    def server_scope(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope that the current server's condemnation cancels (when following a server)."""
+        scope = trio.CancelScope()
+        if self.follow_server:
+            if not self.server_up:
+                scope.cancel(reason="no ready dev server")
+            self._server_scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._server_scopes.discard(scope)
 
     # --- the writer ----------------------------------------------------------------------------------
     def transition(self, new: ConnectionState, reason: str, client: Client | None = None) -> None:
@@ -144,9 +183,12 @@ async def serve_connection(
     try:
         while True:
             cell.forget("exited", "probe")  # stale; a "ready" that came during a failed attempt counts
+            await cell.wait_server_up()  # a supervised dev server: only the current ready one
+            generation = cell.server_generation
             cell.transition(ConnectionState.CONNECTING, f"attempt {attempt + 1}")
+            client = None
             try:
-                with trio.fail_after(config.connect_timeout):
+                with cell.server_scope(), trio.fail_after(config.connect_timeout):
                     client = await _temporal.connect(
                         config.address,
                         config.namespace,
@@ -163,15 +205,26 @@ async def serve_connection(
                 if await _back_off(config, cell, config.policy.delay(attempt, rng)):
                     attempt = 0  # the server is back: should it still be booting, retry from 50 ms
                 continue
+            if client is None or not _current(cell, generation):
+                # The server was condemned during the attempt: the next one waits for its successor.
+                cell.transition(ConnectionState.DISCONNECTED, "the dev server was replaced")
+                continue
             attempt = 0
             cell.forget("ready", "exited", "probe")
             cell.transition(ConnectionState.CONNECTED, "connected", client)
             reason = await _watch(config, cell, client)
             cell.transition(ConnectionState.DISCONNECTED, reason)
+            if not _current(cell, generation):
+                continue  # no backoff: the next attempt waits for the next ServerReady
             attempt = 1  # the first reconnect waits initial_delay, unless the server is back sooner
             await _back_off(config, cell, config.policy.delay(attempt, rng))
     finally:
         cell.transition(ConnectionState.CLOSED, "runtime stopping")
+
+
+def _current(cell: ConnectionCell, generation: int) -> bool:
+    """Is the server we connected to still the current ready one? (Always, when not following one.)"""
+    return not cell.follow_server or (cell.server_up and cell.server_generation == generation)
 
 
 async def _tcp_accepts(address: str) -> bool:
@@ -213,7 +266,10 @@ async def _watch(config: ConnectionConfig, cell: ConnectionCell, client: Client)
             return "the dev server exited"
         began = trio.current_time()
         try:
-            await _temporal.check_health(client, timeout=config.health_timeout)
+            with cell.server_scope() as scope:
+                await _temporal.check_health(client, timeout=config.health_timeout)
+            if scope.cancelled_caught:
+                return "the dev server exited"
         except Exception as exc:  # any failed probe means "not healthy", never a crash of this child
             why = str(exc) if isinstance(exc, TemporalUnavailable) else f"{type(exc).__name__}: {exc}"
             cell.report(HealthChecked(config.address, False, trio.current_time() - began, why))

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import os
+import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from ._config import DevServerConfig
 from ._errors import DevServerError, PortInUse, TemporalUnavailable
 from ._events import EventHook, ServerExited, ServerReady
 from ._logs import RotatingLog
-from ._process import ProcessIdentity, Verdict, stop_process_group_async, verify
+from ._process import ProcessIdentity, Verdict, live_identity, stop_process_group_async
 from ._statefiles import (
     FileLock,
     PidRecord,
@@ -50,6 +49,17 @@ __all__ = ["DevServer", "ServerInfo", "find_binary"]
 
 _POLL_READY = 0.002  # seconds between readiness attempts (connect fails in ~1 ms while nothing listens)
 _ROTATE_CHECK = 1.0  # seconds between log size checks
+_LOCK_POLL = 0.01  # seconds between looks at a lock held by a process not (yet) provably ours
+# How long such a holder may take to go: a launcher whose daemon died reads EOF and exits at once, a
+# dying server lets go of the lock when it exits (its stop waits stop_timeout at most, but that is a
+# server we can prove ours: only the unprovable ones wait here).
+_UNPROVEN_WAIT = 2.0
+# The launcher: the server's process starts as sh, reads one line from its stdin (a pipe whose write end
+# only the spawning runtime holds) and execs the server only on "go", which the runtime writes once the
+# record naming this process is on disk. A runtime that dies before that closes the pipe: sh reads EOF
+# and exits, so no server of ours ever runs without a record that proves it ours. sh starts in ~1 ms.
+_SHELL = "/bin/sh"
+_GATE = 'IFS= read -r go && [ "$go" = go ] && exec "$0" "$@" </dev/null; exit 111'
 
 
 def find_binary(configured: Path | None) -> Path:
@@ -155,6 +165,15 @@ def check_port_free(port: int) -> None:
             raise
 
 
+@attrs.frozen
+class _Launch:
+    """A server we spawned: the process, who it is, its ports."""
+
+    proc: trio.Process
+    identity: ProcessIdentity
+    ports: dict[str, int]
+
+
 class DevServer:
     """The dev-server child of the runtime's supervision tree. `run` is one server lifetime."""
 
@@ -179,38 +198,41 @@ class DevServer:
         """Start (or adopt) a server, call started(info) once it is ready, return/raise when it is gone."""
         for directory in (self.paths.state_dir, self.paths.logs, self.paths.home):
             ensure_state_dir(directory)
-        lock = FileLock(self.paths.lock)
-        if lock.acquire():
-            # Nobody holds the lock, so no server of ours lives: any pid file is stale. Never signal it.
-            remove_pid_file(self.paths.record)
-            try:
-                proc, identity, ports = await self._spawn(lock)
-            finally:
-                lock.release()  # the server holds the lock through its inherited fd
-            await self._serve_own(proc, identity, ports, task_status)
-            return
-        lock.release()
-        record = read_pid_file(self.paths.record)
-        verdict = verify(record) if record is not None else None
-        if record is None or verdict is not Verdict.SAME:
-            what = "no readable devserver.json" if record is None else f"pid {record.pid}: {verdict}"
-            raise DevServerError(
-                f"{str(self.paths.lock)!r} is held by a process that cannot be verified as our dev server "
-                f"({what}); not touching it"
-            )
-        await self._adopt(record, task_status)
+        give_up = trio.current_time() + _UNPROVEN_WAIT
+        while True:
+            lock = FileLock(self.paths.lock)
+            if lock.acquire():
+                # Nobody holds the lock, so no server of ours lives: any pid file is stale. Never signal it.
+                remove_pid_file(self.paths.record)
+                try:
+                    launch = await self._spawn(lock)
+                finally:
+                    lock.release()  # the server holds the lock through its inherited fd
+                await self._serve_own(launch, task_status)
+                return
+            lock.release()
+            record = read_pid_file(self.paths.record)
+            verdict = None
+            if record is not None:
+                identity, verdict = live_identity(record)
+                if verdict is Verdict.SAME and identity.cmdline == record.cmdline:
+                    await self._adopt(record, task_status)
+                    return
+            # Held, but not (yet) by a server we can prove ours. Transient when its daemon died at the
+            # worst instant: a launcher that never got its "go" exits as soon as it reads EOF, a server
+            # that is exiting lets go of the lock as it dies. Give that a moment, never a signal.
+            if trio.current_time() >= give_up:
+                what = "no readable devserver.json" if record is None else f"pid {record.pid}: {verdict}"
+                raise DevServerError(
+                    f"{str(self.paths.lock)!r} is held by a process that cannot be verified as our dev "
+                    f"server ({what}); not touching it"
+                )
+            await trio.sleep(_LOCK_POLL)
 
-    async def _spawn(self, lock: FileLock) -> tuple[trio.Process, ProcessIdentity, dict[str, int]]:
+    def _command(self, ports: dict[str, int]) -> list[str]:
         config = self.config
-        binary = find_binary(config.binary)
-        check_port_free(config.port)
-        ports = {
-            "grpc": config.port,
-            "http": config.http_port or free_port(),
-            "metrics": config.metrics_port or free_port(),
-        }
         command = [
-            str(binary), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+            str(find_binary(config.binary)), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
             "--port", str(ports["grpc"]), "--http-port", str(ports["http"]),
             "--metrics-port", str(ports["metrics"]), "--log-format", "json",
         ]  # fmt: skip
@@ -222,75 +244,123 @@ class DevServer:
                 command += ["--sqlite-pragma", pragma]
         for namespace in config.namespaces:
             command += ["--namespace", namespace]
-        command += list(config.extra_args)
-        env = {**os.environ, "HOME": str(self.paths.home), "TEMPORAL_VERSION_CHECK_DISABLED": "1"}
-        log_fd = self.log.open_for_writer()
-        try:
-            self._log_offset = self.log.size()
-            proc = await trio.lowlevel.open_process(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=log_fd,
-                start_new_session=True,
-                pass_fds=(lock.fileno(),),
-                env=env,
-            )
-        finally:
-            os.close(log_fd)
-        try:
-            identity = ProcessIdentity(
-                pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), cmdline=tuple(command)
-            )
-        except psutil.Error:
-            identity = ProcessIdentity(pid=proc.pid, create_time=math.nan, cmdline=tuple(command))
-        return proc, identity, ports
+        return command + list(config.extra_args)
 
-    async def _serve_own(
-        self,
-        proc: trio.Process,
-        identity: ProcessIdentity,
-        ports: dict[str, int],
-        task_status: trio.TaskStatus[ServerInfo],
-    ) -> None:
+    def _record(self, identity: ProcessIdentity, ports: dict[str, int], **extra: object) -> PidRecord:
+        return PidRecord(
+            pid=identity.pid,
+            create_time=identity.create_time,
+            cmdline=identity.cmdline,
+            started_at=self._clock(),
+            extra={
+                "address": f"127.0.0.1:{ports['grpc']}",
+                "ports": ports,
+                "db": str(self.config.db_filename or self.paths.db) if self.config.persist else None,
+                "namespaces": list(self.config.namespaces),
+                **extra,
+            },
+        )
+
+    async def _spawn(self, lock: FileLock) -> _Launch:
+        """Spawn the server behind its launcher; it execs only once its record is on disk (fsynced).
+
+        There is no instant at which a server of ours runs without a record that proves it ours: the
+        launcher waits for "go" on a pipe whose write end only this process holds, and exits on EOF if
+        we die first; the record names the launcher's command line too, for the instant before exec.
+        """
+        config = self.config
+        check_port_free(config.port)
+        ports = {
+            "grpc": config.port,
+            "http": config.http_port or free_port(),
+            "metrics": config.metrics_port or free_port(),
+        }
+        command = self._command(ports)
+        launcher = [_SHELL, "-c", _GATE, *command]
+        env = {**os.environ, "HOME": str(self.paths.home), "TEMPORAL_VERSION_CHECK_DISABLED": "1"}
+        gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read as its stdin
+        try:
+            log_fd = self.log.open_for_writer()
+            try:
+                self._log_offset = self.log.size()
+                proc = await trio.lowlevel.open_process(
+                    launcher,
+                    stdin=gate_read,
+                    stdout=log_fd,
+                    stderr=log_fd,
+                    start_new_session=True,
+                    pass_fds=(lock.fileno(),),
+                    env=env,
+                )
+            finally:
+                os.close(log_fd)
+                os.close(gate_read)
+                gate_read = -1
+            try:
+                create_time = psutil.Process(proc.pid).create_time()
+                identity = ProcessIdentity(pid=proc.pid, create_time=create_time, cmdline=tuple(command))
+                me = psutil.Process()
+                write_pid_file(
+                    self.paths.record,
+                    self._record(
+                        identity,
+                        ports,
+                        phase="booting",
+                        launcher=launcher,
+                        owner={"pid": me.pid, "create_time": me.create_time()},
+                    ),
+                )
+                os.write(gate_write, b"go\n")
+            except BaseException as exc:
+                os.close(gate_write)  # the launcher reads EOF and exits without starting the server
+                gate_write = -1
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+                remove_pid_file(self.paths.record)
+                if isinstance(exc, psutil.Error | OSError):
+                    raise DevServerError(f"the dev server could not be launched: {exc}") from exc
+                raise
+        finally:
+            for fd in (gate_read, gate_write):
+                if fd >= 0:
+                    os.close(fd)
+        return _Launch(proc, identity, ports)
+
+    async def _serve_own(self, launch: _Launch, task_status: trio.TaskStatus[ServerInfo]) -> None:
+        proc, identity, ports = launch.proc, launch.identity, launch.ports
         address = f"127.0.0.1:{ports['grpc']}"
         spawned = trio.current_time()
         reason = "stopped by the runtime"
+        kill = False  # a hung or failed server gets SIGKILL at once: a grace period helps nobody
         try:
             try:
                 client = await self._wait_ready(address, proc)
             except DevServerError as exc:
-                reason = f"failed to start: {exc}"
+                reason, kill = f"failed to start: {exc}", True
                 raise
             ready_after = trio.current_time() - spawned
             self.info = ServerInfo(proc.pid, address, ports, adopted=False, started_at=self._clock())
-            record = PidRecord(
-                pid=identity.pid,
-                create_time=identity.create_time,
-                cmdline=identity.cmdline,
-                started_at=self.info.started_at,
-                extra={
-                    "address": address,
-                    "ports": ports,
-                    "db": str(self.config.db_filename or self.paths.db) if self.config.persist else None,
-                    "namespaces": list(self.config.namespaces),
-                },
-            )
-            write_pid_file(self.paths.record, record)
+            write_pid_file(self.paths.record, self._record(identity, ports, phase="ready"))
             self._emit(ServerReady(address, proc.pid, adopted=False, ready_after=ready_after))
             task_status.started(self.info)
             hung = await self._watch(client, proc.wait)
             if hung is None:
                 reason = f"exited with code {proc.returncode}"
                 raise DevServerError(f"the dev server (pid {proc.pid}) {reason}")
-            reason = f"hung: {hung}"
+            reason, kill = f"hung: {hung}", True
             raise DevServerError(f"the dev server (pid {proc.pid}) stopped answering health checks ({hung})")
         finally:
             with trio.CancelScope(shield=True):
-                await self._stop_own(proc)
-                remove_pid_file(self.paths.record)
+                # Condemned before it is stopped: said first, so that nobody attaches to it while it
+                # dies (a SIGCONTed server answers during its shutdown).
                 self.info = None
-                self._emit(ServerExited(address, proc.pid, proc.returncode, reason))
+                alive = proc.returncode is None
+                if alive:
+                    self._emit(ServerExited(address, proc.pid, None, reason))
+                await self._stop_own(proc, kill=kill)
+                remove_pid_file(self.paths.record)
+                if not alive:
+                    self._emit(ServerExited(address, proc.pid, proc.returncode, reason))
 
     async def _wait_ready(self, address: str, proc: trio.Process) -> _temporal.Client:
         """Ready = TCP accept AND check_health AND describe_namespace for every namespace."""
@@ -356,15 +426,16 @@ class DevServer:
             nursery.cancel_scope.cancel(reason="dev server exited")
         return hung
 
-    async def _stop_own(self, proc: trio.Process) -> None:
-        """SIGTERM the group (and SIGCONT, should it be stopped), wait stop_timeout, SIGKILL the group.
+    async def _stop_own(self, proc: trio.Process, *, kill: bool = False) -> None:
+        """SIGTERM the group (and SIGCONT, should it be stopped), wait stop_timeout, SIGKILL the group;
+        with `kill`, SIGKILL the group at once (a hung server: SQLite's WAL survives a kill).
 
         Safe without an identity check: it is our own child and not yet reaped, so its pid (and group
         id) cannot have been reused.
         """
         if proc.returncode is not None:
             return
-        for sig in (signal.SIGTERM, signal.SIGCONT):
+        for sig in (signal.SIGKILL,) if kill else (signal.SIGTERM, signal.SIGCONT):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
@@ -378,12 +449,15 @@ class DevServer:
 
     # --- adoption --------------------------------------------------------------------------------------
     async def _adopt(self, record: PidRecord, task_status: trio.TaskStatus[ServerInfo]) -> None:
+        """Take over a verified server of ours whose daemon died: ready (or, if it was still booting,
+        ready within start_timeout) and on the configured address, else stop it and fail this lifetime."""
         from . import _temporal  # imported here, not at start-up: the server boots meanwhile
 
         config = self.config
         identity = ProcessIdentity.of_record(record)
         address = str(record.extra.get("address", config.address))
         ports = {str(k): int(v) for k, v in dict(record.extra.get("ports", {})).items()}
+        booting = record.extra.get("phase") == "booting"
         began = trio.current_time()
         mismatch = (
             None if address == config.address else f"it listens on {address}, configured {config.address}"
@@ -393,23 +467,32 @@ class DevServer:
         except ProcessLookupError:
             raise DevServerError(f"the dev server to adopt (pid {record.pid}) exited meanwhile") from None
         reason = "stopped by the runtime"
-        stop = True
+        stop, kill = True, False
         try:
             if mismatch is not None:
                 reason = f"configuration changed: {mismatch}"
                 raise DevServerError(f"found our dev server (pid {record.pid}) but {mismatch}; replacing it")
-            try:
-                with trio.fail_after(config.start_timeout):
-                    client = await _temporal.connect(
-                        address, config.namespaces[0], timeout=config.health_timeout
-                    )
-                    await _temporal.probe(client, config.namespaces, timeout=config.health_timeout)
-            except (TemporalUnavailable, trio.TooSlowError) as exc:
-                reason = f"unhealthy when found: {exc}"
-                raise DevServerError(
-                    f"found our dev server (pid {record.pid}) but it is unhealthy ({exc}); replacing it"
-                ) from None
+            deadline = began + config.start_timeout
+            while True:
+                try:
+                    with trio.fail_after(config.start_timeout):
+                        client = await _temporal.connect(
+                            address, config.namespaces[0], timeout=config.health_timeout
+                        )
+                        await _temporal.probe(client, config.namespaces, timeout=config.health_timeout)
+                    break
+                except (TemporalUnavailable, trio.TooSlowError) as exc:
+                    # A server found booting (its daemon died before it was ready) gets its start_timeout.
+                    if booting and trio.current_time() < deadline and not _exited(pidfd):
+                        await trio.sleep(_POLL_READY)
+                        continue
+                    reason, kill = f"unhealthy when found: {exc}", True
+                    raise DevServerError(
+                        f"found our dev server (pid {record.pid}) but it is unhealthy ({exc}); replacing it"
+                    ) from None
             self.info = ServerInfo(record.pid, address, ports, adopted=True, started_at=self._clock())
+            if booting:
+                write_pid_file(self.paths.record, self._record(identity, ports, phase="ready"))
             self._emit(
                 ServerReady(address, record.pid, adopted=True, ready_after=trio.current_time() - began)
             )
@@ -423,15 +506,26 @@ class DevServer:
                 stop = False
                 reason = "exited"
                 raise DevServerError(f"the adopted dev server (pid {record.pid}) exited")
-            reason = f"hung: {hung}"
+            reason, kill = f"hung: {hung}", True
             raise DevServerError(f"the adopted dev server (pid {record.pid}) stopped answering ({hung})")
         finally:
             with trio.CancelScope(shield=True):
-                if stop:
+                self.info = None
+                if stop:  # condemned first: nobody may attach to it while it dies
+                    self._emit(ServerExited(address, record.pid, None, reason))
                     await stop_process_group_async(
-                        identity, timeout=config.stop_timeout, kill_timeout=config.stop_timeout
+                        identity,
+                        timeout=0.0 if kill else config.stop_timeout,
+                        kill_timeout=config.stop_timeout,
                     )
                 os.close(pidfd)
                 remove_pid_file(self.paths.record)
-                self.info = None
-                self._emit(ServerExited(address, record.pid, None, reason))
+                if not stop:
+                    self._emit(ServerExited(address, record.pid, None, reason))
+
+
+def _exited(pidfd: int) -> bool:
+    """A pidfd polls readable once its process has exited."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))

@@ -27,6 +27,7 @@ __all__ = [
     "StopResult",
     "Verdict",
     "identity_of",
+    "live_identity",
     "stop_process_group",
     "stop_process_group_async",
     "verify",
@@ -132,6 +133,27 @@ def verify(identity: ProcessIdentity | PidRecord) -> Verdict:
     except psutil.AccessDenied:
         return Verdict.UNVERIFIABLE
     return Verdict.SAME if cmdline == expected.cmdline else Verdict.OTHER
+
+
+def live_identity(record: PidRecord) -> tuple[ProcessIdentity, Verdict]:
+    """Which identity of a pid file is alive: the one it names, or the launcher's it execs from.
+
+    A process may be recorded before it execs its real command line (the dev server starts as a small
+    launcher that waits for its record to be on disk, then execs the server: same pid, same create
+    time). A record may name that launcher's command line under the extra key "launcher". Returns the
+    identity that verifies SAME, else the recorded one with its verdict.
+    """
+    recorded = ProcessIdentity.of_record(record)
+    verdict = verify(recorded)
+    if verdict is Verdict.SAME:
+        return recorded, verdict
+    launcher = record.extra.get("launcher")
+    if isinstance(launcher, list) and launcher and all(isinstance(arg, str) for arg in launcher):
+        before_exec = ProcessIdentity(record.pid, record.create_time, tuple(launcher))
+        if verify(before_exec) is Verdict.SAME:
+            return before_exec, Verdict.SAME
+        verdict = verify(recorded)  # the exec may have happened between the two checks
+    return recorded, verdict
 
 
 class StopOutcome(enum.Enum):

@@ -280,7 +280,11 @@ async def _open_runtime(config: RuntimeConfig, hooks: Sequence[EventHook]) -> As
         async with trio_asyncio.open_loop():
             # Hooks run in this order: logging, metrics, then the caller's (which may read status()).
             hub = EventHub((event_log, metrics.on_event, *hooks))
-            cell = ConnectionCell(emit=hub.emit)
+            # Following the dev server (if any) from the first event on: its first ServerReady comes
+            # before the connection child starts.
+            follow = config.dev_server is not None and connection.address == config.dev_server.address
+            cell = ConnectionCell(emit=hub.emit, follow_server=follow)
+            hub.add_hook(cell.on_event)
             children = []
             devserver = None
             if config.dev_server is not None:
