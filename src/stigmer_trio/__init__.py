@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         StateFileError,
         StigmerError,
         TemporalUnavailable,
+        WorkflowAlreadyStarted,
     )
     from ._events import (
         ChildAbandoned,
@@ -64,6 +65,7 @@ _EXPORTS: dict[str, str] = {
     "StateFileError": "._errors",
     "StigmerError": "._errors",
     "TemporalUnavailable": "._errors",
+    "WorkflowAlreadyStarted": "._errors",
     "ChildAbandoned": "._events",
     "ChildExited": "._events",
     "ChildRestartScheduled": "._events",
@@ -116,6 +118,7 @@ __all__ = [
     "TemporalUnavailable",
     "WorkerSpec",
     "WorkerStateChanged",
+    "WorkflowAlreadyStarted",
     "__version__",
     "open_runtime",
     "run",

@@ -86,6 +86,11 @@ def _seconds(*, positive: bool = True) -> Any:
     return check
 
 
+def _optional_seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _seconds()(instance, attribute, value)
+
+
 def _count(minimum: int) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -178,6 +183,36 @@ class DevServerConfig:
         return f"127.0.0.1:{self.port}"
 
 
+# Two timeouts decide how long a workflow stalls when its worker dies without a goodbye (SIGKILL, OOM;
+# a graceful stop sends ShutdownWorker and hands over in ~5 ms whatever they are). Both SDK defaults
+# are 10 s. Measured with benchmarks/workflow_tasks.py (the runtime + its dev server, one worker,
+# BenchEcho workflows kept in flight for 30 s, server-side history times; 2 cores, load avg 2-6 from
+# other test runs):
+#
+# STICKY_TIMEOUT (WorkerSpec.sticky_timeout -> sticky_queue_schedule_to_start_timeout): a cached
+# workflow whose worker was SIGKILLed waits this long (measured 1.007 s with 1 s). But a live worker
+# that is merely busy takes its sticky tasks late too, and one that misses the timeout loses its cache:
+# the task goes to the normal queue (one poller of five) and is replayed there, which costs more work.
+#   20 in flight:  sticky wait p99 362 ms, max 404 ms; no timeouts even at 1 s.
+#   100 in flight: sticky wait p50 2.7 s, p99 3.9 s, max 4.1 s (10 s timeout: none timed out).
+#     1 s: 24 % of sticky tasks timed out; those then waited p99 8.5 s (22 s with 2 busy loops) on the
+#          normal queue; round trips p99 10.5 s.
+#     2 s: 21 % timed out; normal queue p99 12.4 s; round trips p99 15.7 s.
+#     5 s: none timed out (max 4.4 s); round trips p99 5.9 s (10 s: 4.5 s).
+#   200 in flight + 2 busy loops (load 8.8), 5 s: 25 % timed out, normal queue p99 32 s.
+# The sticky wait of a saturated worker is about (workflows in flight) / (its workflow tasks per s).
+# So 1-2 s is unsafe once a worker is saturated (and a miss makes it worse); 5 s halves the crash stall
+# and held at 100 workflows in flight here. Raise it for workers that run saturated.
+STICKY_TIMEOUT = 5.0
+# WORKFLOW_TASK_TIMEOUT (ConnectionConfig.workflow_task_timeout -> the `task_timeout` start option): a
+# task in flight on a worker that was SIGKILLed stalls its workflow this long; a busy worker's task that
+# takes longer is timed out and retried (wasted work, and the retry queues again). Started -> completed
+# of workflow tasks: 20 in flight: p99 361 ms, max 456 ms (1.23 s with 2 busy loops, load 7);
+# 100 in flight: p99 0.5-1.2 s, max 0.55-1.72 s; 200 in flight + 2 busy loops (load 8.8): p99 1.64 s,
+# max 1.90 s, none timed out at 5 s. 5 s is ~2.6x the worst measured; 2 s would be within 1.1x.
+WORKFLOW_TASK_TIMEOUT = 5.0
+
+
 # The connection's reconnect backoff: 50 ms doubling to 2 s, forever.
 DEFAULT_CONNECTION_POLICY = RestartPolicy(
     initial_delay=0.05, backoff=0.05, multiplier=2.0, max_delay=2.0, jitter=0.1,
@@ -208,6 +243,13 @@ class ConnectionConfig:
     health_timeout: float = attrs.field(default=1.0, validator=_seconds())
     connect_timeout: float = attrs.field(default=5.0, validator=_seconds())
     request_timeout: float = attrs.field(default=5.0, validator=_seconds())
+    # The workflow task timeout (temporalio's `task_timeout` start option) of the workflows this
+    # runtime starts, unless the caller passes `task_timeout`; None leaves it to the SDK (10 s). It is
+    # how long a workflow task in flight on a worker that died (SIGKILL, OOM) stalls its workflow.
+    # See WORKFLOW_TASK_TIMEOUT for the measurements behind the default.
+    workflow_task_timeout: float | None = attrs.field(
+        default=WORKFLOW_TASK_TIMEOUT, validator=_optional_seconds
+    )
     policy: RestartPolicy = attrs.field(default=DEFAULT_CONNECTION_POLICY, validator=_policy)
 
 
@@ -229,6 +271,10 @@ class WorkerSpec:
     graceful_shutdown_timeout: float = attrs.field(
         default=5.0, kw_only=True, validator=_seconds(positive=False)
     )
+    # temporalio's sticky_queue_schedule_to_start_timeout (`options` may still override it): how long
+    # a workflow task waits on this worker's sticky queue before going to the normal queue. See
+    # STICKY_TIMEOUT for the measurements behind the default.
+    sticky_timeout: float = attrs.field(default=STICKY_TIMEOUT, kw_only=True, validator=_seconds())
     options: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True)
     policy: RestartPolicy = attrs.field(
         default=RestartPolicy(max_restarts=10, window=60.0), kw_only=True, validator=_policy

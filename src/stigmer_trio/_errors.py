@@ -17,7 +17,33 @@ class ConfigError(StigmerError, ValueError):
 
 
 class TemporalUnavailable(StigmerError):
-    """Temporal cannot be reached right now; raised at once instead of waiting."""
+    """Temporal cannot be reached right now; raised at once instead of waiting.
+
+    `maybe_started` tells a retry what it risks: False when the call was refused without any I/O (the
+    connection was not CONNECTED), True when a start request was in flight (it met UNAVAILABLE or its
+    timeout, or the connection dropped during the call): the server may have created the workflow.
+    """
+
+    def __init__(self, *args: object, maybe_started: bool = False) -> None:
+        super().__init__(*args)
+        self.maybe_started = maybe_started
+
+
+class WorkflowAlreadyStarted(StigmerError):
+    """A start was refused: a workflow with this id is running (or, under REJECT_DUPLICATE, has run).
+
+    temporalio's WorkflowAlreadyStartedError at our boundary; `run_id` is the existing run's.
+    """
+
+    def __init__(self, workflow_id: str, workflow_type: str, run_id: str | None = None) -> None:
+        super().__init__(workflow_id, workflow_type, run_id)
+        self.workflow_id = workflow_id
+        self.workflow_type = workflow_type
+        self.run_id = run_id
+
+    def __str__(self) -> str:
+        run = f" (run {self.run_id})" if self.run_id else ""
+        return f"workflow {self.workflow_id!r} of type {self.workflow_type!r} was already started{run}"
 
 
 class StateFileError(StigmerError):

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
@@ -126,7 +127,9 @@ class Runtime:
                 raise
             finally:
                 self._inflight.discard(scope)
-        raise TemporalUnavailable(f"the connection was lost during the call: {self._cell.last_error}")
+        raise TemporalUnavailable(
+            f"the connection was lost during the call: {self._cell.last_error}", maybe_started=True
+        )
 
     @property
     def state(self) -> ConnectionState:
@@ -162,10 +165,35 @@ class Runtime:
     async def start_workflow(
         self, workflow: Any, arg: Any = _NO_ARG, *, id: str, task_queue: str, **kwargs: Any
     ) -> WorkflowHandle[Any, Any]:
-        """Start a workflow; it was created, or this raised (TemporalUnavailable when Temporal is down)."""
+        """Start a workflow: it was created, or this raised. `kwargs` go to temporalio's
+        ``Client.start_workflow`` (``task_timeout`` defaults to ``ConnectionConfig.workflow_task_timeout``).
+
+        Errors:
+
+        - ``TemporalUnavailable`` with ``maybe_started=False``: refused at once, without any I/O (not
+          CONNECTED). Nothing was sent; retrying is safe.
+        - ``TemporalUnavailable`` with ``maybe_started=True``: the request was in flight when it met
+          UNAVAILABLE, its ``request_timeout`` or a lost connection. The server may have created the
+          workflow, so a retry must say what a duplicate means (measured with the dev server):
+
+          * the default ``id_reuse_policy`` (ALLOW_DUPLICATE): if the first run already closed, a retry
+            with the same id creates a SECOND run;
+          * ``id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING``: a retry while the first run
+            is running returns a handle to that run (also with eager start);
+          * ``id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE``: a retry after any run with that
+            id raises ``WorkflowAlreadyStarted`` whose ``run_id`` is the existing run's.
+
+          For "exactly one run, whatever happened", retry with both policies: USE_EXISTING plus
+          REJECT_DUPLICATE (then ``WorkflowAlreadyStarted.run_id`` names the run that closed).
+        - ``WorkflowAlreadyStarted`` (``.workflow_id``, ``.workflow_type``, ``.run_id``): the id is
+          taken under the policies given (by default: a run with this id is running).
+        """
         from . import _temporal
 
         client = self._client("start_workflow")
+        timeout = self._connection.workflow_task_timeout
+        if timeout is not None:
+            kwargs.setdefault("task_timeout", timedelta(seconds=timeout))
         call = functools.partial(
             _temporal.start_workflow,
             client,
@@ -182,7 +210,8 @@ class Runtime:
     async def execute_workflow(
         self, workflow: Any, arg: Any = _NO_ARG, *, id: str, task_queue: str, **kwargs: Any
     ) -> Any:
-        """start_workflow, then wait for its result."""
+        """start_workflow (same errors and retry rules), then wait for its result; a failure while
+        waiting raises TemporalUnavailable with ``maybe_started=True`` (the workflow was started)."""
         from . import _temporal
 
         handle = await self.start_workflow(workflow, arg, id=id, task_queue=task_queue, **kwargs)
@@ -329,6 +358,9 @@ async def _open_runtime(config: RuntimeConfig, hooks: Sequence[EventHook]) -> As
                 metrics.add_child(child.name)
             # ONE_FOR_ONE: a dev-server restart must not tear down the connection and the workers; they
             # follow it through events (ServerExited / ServerReady) and connection epochs instead.
+            # The order above matters at a stop (reverse start order): http, workers, connection, dev
+            # server; each Worker's shutdown (ShutdownWorker: its sticky queue released) runs while the
+            # server is still up (tests/runtime/test_runtime_starts.py::TestGracefulStop).
             supervisor = Supervisor(
                 children,
                 strategy=Strategy.ONE_FOR_ONE,
@@ -516,20 +548,40 @@ def daemon_main(config: RuntimeConfig, notify: Notify) -> int:
         lock.release()
 
 
+# Loggers of other libraries the daemon's log takes in, at this level: temporalio's Python loggers and
+# "temporalio.core", where _temporal.sdk_runtime forwards sdk-core's own logs. Without a handler of
+# ours their warnings reached daemon.log as bare lines through logging.lastResort (no time, no level).
+# WARNING: the level lastResort showed; their INFO lines (each Worker shutdown) would be noise.
+FOREIGN_LOGGERS = {"temporalio": logging.WARNING}
+
+
+class _TextFormatter(logging.Formatter):
+    """``time LEVEL message``; a record of another library's logger also names its logger."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s")
+        self._foreign = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "stigmer_trio" or record.name.startswith("stigmer_trio."):
+            return super().format(record)
+        return self._foreign.format(record)
+
+
 def configure_logging(
     stream: Any = None, *, log_format: str = "text", log_file: RotatingLog | None = None
 ) -> None:
-    """The daemon's logging: one handler on the "stigmer_trio" logger, text or JSON lines; with
-    `log_file` (the detached daemon's stderr is that file) it is kept under its size bound."""
+    """The daemon's logging: one handler, text or JSON lines, on the "stigmer_trio" logger and on
+    temporalio's (FOREIGN_LOGGERS); with `log_file` (the detached daemon's stderr is that file) it is
+    kept under its size bound."""
     handler = RotatingStreamHandler(log_file, stream or sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger("stigmer_trio")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    handler.setFormatter(JsonFormatter() if log_format == "json" else _TextFormatter())
+    levels = {"stigmer_trio": logging.INFO, **FOREIGN_LOGGERS}
+    for name, level in levels.items():
+        root = logging.getLogger(name)
+        root.handlers[:] = [handler]
+        root.setLevel(level)
+        root.propagate = False
 
 
 def write_notification(fd: int) -> Notify:

@@ -1,7 +1,8 @@
 # The bridge to temporalio. Rule: the ONLY module that imports temporalio. temporalio is asyncio-only;
 # everything here runs it through trio-asyncio (the caller opened `trio_asyncio.open_loop()` in the
 # root nursery) and bounds every call with a Trio deadline of our own: the SDK waits 30 s against a
-# hung server. Foreign exceptions stop here: callers only ever see TemporalUnavailable.
+# hung server. Foreign exceptions stop here: callers only ever see TemporalUnavailable (and, for a
+# refused start, WorkflowAlreadyStarted).
 from __future__ import annotations
 
 import asyncio
@@ -16,11 +17,12 @@ import trio
 import trio_asyncio
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from ._errors import TemporalUnavailable
+from ._errors import TemporalUnavailable, WorkflowAlreadyStarted
 from ._temporal_types import _NO_ARG
 
 if TYPE_CHECKING:
@@ -53,24 +55,30 @@ _DOWN = (
 
 
 @contextlib.contextmanager
-def _unavailable_on_failure(what: str, address: str) -> Iterator[None]:
+def _unavailable_on_failure(what: str, address: str, *, maybe_started: bool = False) -> Iterator[None]:
+    """Map "server down" errors to TemporalUnavailable; `maybe_started`: the request was a start."""
     try:
         yield
     except trio.TooSlowError:
-        raise TemporalUnavailable(f"{what} {address}: no answer in time") from None
+        raise TemporalUnavailable(
+            f"{what} {address}: no answer in time", maybe_started=maybe_started
+        ) from None
     except RPCError as exc:
         if exc.status in _DOWN:
-            raise TemporalUnavailable(f"{what} {address}: {exc.status.name}: {exc.message}") from exc
+            message = f"{what} {address}: {exc.status.name}: {exc.message}"
+            raise TemporalUnavailable(message, maybe_started=maybe_started) from exc
         raise
     except RuntimeError as exc:
         if str(exc).startswith("Failed client connect"):
-            raise TemporalUnavailable(f"{what} {address}: {exc}") from exc
+            raise TemporalUnavailable(f"{what} {address}: {exc}", maybe_started=maybe_started) from exc
         raise
 
 
-async def _call(call: Callable[[], Awaitable[T]], *, timeout: float, what: str, address: str) -> T:
+async def _call(
+    call: Callable[[], Awaitable[T]], *, timeout: float, what: str, address: str, maybe_started: bool = False
+) -> T:
     """Run an asyncio call from Trio within `timeout` seconds, mapping "server down" errors."""
-    with _unavailable_on_failure(what, address), trio.fail_after(timeout):
+    with _unavailable_on_failure(what, address, maybe_started=maybe_started), trio.fail_after(timeout):
         result: T = await trio_asyncio.aio_as_trio(call)()
         return result
 
@@ -142,19 +150,30 @@ async def start_workflow(
     eager: bool,
     **kwargs: Any,
 ) -> WorkflowHandle[Any, Any]:
-    """Start a workflow (eagerly when a local worker serves the queue); TemporalUnavailable when down."""
+    """Start a workflow (eagerly when a local worker serves the queue).
+
+    TemporalUnavailable(maybe_started=True) when the request met a down server or its timeout;
+    WorkflowAlreadyStarted when the id is taken (by the id conflict / reuse policies).
+    """
     args = () if arg is _NO_ARG else (arg,)
     options = {"rpc_timeout": timedelta(seconds=timeout), "request_eager_start": eager, **kwargs}
     call = functools.partial(client.start_workflow, workflow, *args, id=id, task_queue=task_queue, **options)
-    handle: WorkflowHandle[Any, Any] = await _call(
-        call, timeout=timeout, what="start workflow on", address=client.service_client.config.target_host
-    )
+    try:
+        handle: WorkflowHandle[Any, Any] = await _call(
+            call,
+            timeout=timeout,
+            what="start workflow on",
+            address=client.service_client.config.target_host,
+            maybe_started=True,
+        )
+    except WorkflowAlreadyStartedError as exc:
+        raise WorkflowAlreadyStarted(exc.workflow_id, exc.workflow_type, exc.run_id) from exc
     return handle
 
 
 async def workflow_result(handle: WorkflowHandle[Any, Any]) -> Any:
     """Wait for a workflow's result (no deadline of ours: workflows may run for long)."""
-    with _unavailable_on_failure("workflow result from", handle.id):
+    with _unavailable_on_failure("workflow result from", handle.id, maybe_started=True):
         return await trio_asyncio.aio_as_trio(handle.result)()
 
 
@@ -168,7 +187,10 @@ def make_worker(
     client: Client, spec: WorkerSpec, on_fatal_error: Callable[[BaseException], Awaitable[None]]
 ) -> Worker:
     """A temporalio Worker for `spec` whose executors trio-asyncio accepts."""
-    options = dict(spec.options)
+    options = {
+        "sticky_queue_schedule_to_start_timeout": timedelta(seconds=spec.sticky_timeout),
+        **spec.options,
+    }
     executor = trio_asyncio.TrioExecutor(max_workers=options.pop("max_workers", 200))
     return Worker(
         client,

@@ -42,6 +42,7 @@ PUBLIC = [
     "TemporalUnavailable",
     "WorkerSpec",
     "WorkerStateChanged",
+    "WorkflowAlreadyStarted",
     "__version__",
     "open_runtime",
     "run",
@@ -77,7 +78,7 @@ class TestExports:
     def test_errors_share_a_base(self) -> None:
         """Every error raised on purpose is a StigmerError."""
         for name in ("ConfigError", "IdentityMismatch", "RestartLimitExceeded", "StateFileError",
-                     "TemporalUnavailable"):  # fmt: skip
+                     "TemporalUnavailable", "WorkflowAlreadyStarted"):  # fmt: skip
             assert issubclass(getattr(stigmer_trio, name), stigmer_trio.StigmerError)
 
     def test_dir_lists_public_names(self) -> None:
