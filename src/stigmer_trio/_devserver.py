@@ -49,6 +49,7 @@ __all__ = ["DevServer", "ServerInfo", "find_binary"]
 
 _POLL_READY = 0.002  # seconds between readiness attempts (connect fails in ~1 ms while nothing listens)
 _ROTATE_CHECK = 1.0  # seconds between log size checks
+_RETRY_PROBE = 0.01  # seconds between a failed health probe and the next
 _LOCK_POLL = 0.01  # seconds between looks at a lock held by a process not (yet) provably ours
 # How long such a holder may take to go: a launcher whose daemon died reads EOF and exits at once, a
 # dying server lets go of the lock when it exits (its stop waits stop_timeout at most, but that is a
@@ -403,7 +404,9 @@ class DevServer:
                 nonlocal hung
                 failures = 0
                 while True:
-                    await trio.sleep(config.health_interval)
+                    # After a failed probe the next one comes at once (almost): a hang is declared
+                    # within health_interval + failures_to_restart * health_timeout of its start.
+                    await trio.sleep(config.health_interval if failures == 0 else _RETRY_PROBE)
                     try:
                         await _temporal.probe(client, config.namespaces, timeout=config.health_timeout)
                         failures = 0

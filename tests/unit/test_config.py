@@ -28,7 +28,7 @@ class TestDefaults:
         assert "127.0.0.1:7233" == server.address
         assert ("default",) == server.namespaces
         assert server.persist
-        assert (15.0, 1.0, 1.0, 2) == (
+        assert (15.0, 0.5, 0.5, 2) == (
             server.start_timeout, server.health_interval, server.health_timeout, server.failures_to_restart
         )  # fmt: skip
         assert DEFAULT_DEVSERVER_POLICY == server.policy
