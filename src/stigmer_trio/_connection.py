@@ -186,6 +186,7 @@ async def serve_connection(
             await cell.wait_server_up()  # a supervised dev server: only the current ready one
             generation = cell.server_generation
             cell.transition(ConnectionState.CONNECTING, f"attempt {attempt + 1}")
+            began = trio.current_time()
             client = None
             try:
                 with cell.server_scope(), trio.fail_after(config.connect_timeout):
@@ -200,8 +201,13 @@ async def serve_connection(
                         client, config.namespace, timeout=config.health_timeout
                     )
             except (TemporalUnavailable, trio.TooSlowError) as exc:
-                attempt += 1
                 cell.transition(ConnectionState.DISCONNECTED, str(exc) or "connect timed out")
+                if trio.current_time() - began >= config.connect_timeout:
+                    # It ran out of time (a blackholed network, a hung server): that wait was the backoff.
+                    # Retry at once, at the same attempt: while the port accepts TCP, only a new attempt
+                    # can notice the network is back, and it must not then sit out an escalated delay.
+                    continue
+                attempt += 1
                 if await _back_off(config, cell, config.policy.delay(attempt, rng)):
                     attempt = 0  # the server is back: should it still be booting, retry from 50 ms
                 continue

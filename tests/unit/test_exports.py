@@ -84,3 +84,10 @@ class TestExports:
     def test_dir_lists_public_names(self) -> None:
         """dir() shows the lazy names too."""
         assert set(PUBLIC) <= set(dir(stigmer_trio))
+
+    def test_testing_module_exports(self) -> None:
+        """stigmer_trio.testing is public: its list is pinned, and `import stigmer_trio` does not load it."""
+        import stigmer_trio.testing
+
+        assert ["FaultProxy", "open_fault_proxy"] == stigmer_trio.testing.__all__
+        assert "testing" not in stigmer_trio.__all__
