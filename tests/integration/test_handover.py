@@ -10,47 +10,21 @@ whose worker (sticky timeout 1 s) is SIGKILLed makes its workflow wait that 1 s.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_runtime_outages import free_port, leftovers
+from children import Steps, free_port, run_scenario
 
 pytestmark = pytest.mark.integration
 
 APP = Path(__file__).parent / "apps" / "handover.py"
-
-Steps = dict[str, dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
 def handover(tmp_path_factory: pytest.TempPathFactory) -> Steps:
     state = tmp_path_factory.mktemp("handover") / "state"
     state.mkdir()
-    try:
-        result = subprocess.run(
-            [sys.executable, str(APP), "main", str(state), str(free_port())],
-            capture_output=True,
-            text=True,
-            timeout=110,
-            check=False,
-        )
-    finally:
-        left = leftovers(state)
-    (state.parent / "report.jsonl").write_text(result.stdout)
-    (state.parent / "stderr.txt").write_text(result.stderr)
-    steps = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            steps[record["step"]] = record
-    assert "error" not in steps, steps["error"]["traceback"]
-    assert "done" in steps, (result.stdout[-2000:], result.stderr[-2000:])
-    assert [] == left
-    return steps
+    return run_scenario(APP, "main", str(state), str(free_port()), state=state, timeout=110)
 
 
 class TestGracefulStopHandsOver:

@@ -9,14 +9,11 @@ and a second worker replacement (with task completions lost into it).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_runtime_outages import free_port, leftovers
+from children import free_port, run_scenario
 
 pytestmark = pytest.mark.integration
 
@@ -27,25 +24,9 @@ APP = Path(__file__).parent / "apps" / "freeze.py"
 def frozen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     state = tmp_path_factory.mktemp("freeze") / "state"
     state.mkdir()
-    try:
-        result = subprocess.run(
-            [sys.executable, str(APP), str(state), str(free_port())],
-            capture_output=True,
-            text=True,
-            timeout=100,
-            check=False,
-        )
-    finally:
-        left = leftovers(state)
-    steps = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            steps[record["step"]] = record
-    assert "error" not in steps, steps["error"]["traceback"]
-    assert "done" in steps, (result.stdout[-2000:], result.stderr[-2000:])
-    assert [] == left
-    freeze: dict[str, Any] = steps["freeze"]
+    freeze: dict[str, Any] = run_scenario(APP, str(state), str(free_port()), state=state, timeout=100)[
+        "freeze"
+    ]
     return freeze
 
 

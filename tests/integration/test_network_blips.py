@@ -10,15 +10,11 @@ health_interval 0.5 s, health_timeout 1 s.
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from children import Steps, free_port, run_scenario
 
 pytestmark = pytest.mark.integration
 
@@ -32,62 +28,13 @@ LATENCY = 0.1
 # backoff having reached its 2 s cap). One connect_timeout (1 s in blips.py) bounds it, plus slack.
 HEAL_TO_CONNECTED = 1.0 + 0.5
 
-Steps = dict[str, dict[str, Any]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def leftovers(state: Path, port: int) -> list[str]:
-    """Kill what the child left running: processes naming `state`, or dev servers on `port` whose HOME is
-    under `state` (only ours can be); their command lines."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            cmdline = " ".join(process.info["cmdline"] or [])
-            ours = str(state) in cmdline or (
-                "start-dev" in cmdline
-                and str(port) in cmdline
-                and process.environ().get("HOME", "").startswith(str(state))
-            )
-            if ours:
-                found.append(cmdline)
-                process.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
-
 
 def scenario(name: str, tmp_path_factory: pytest.TempPathFactory) -> Steps:
-    """Run one scenario; its report lines by step. Fails with the child's traceback on an error."""
+    """Run one scenario; its report lines by step."""
     state = tmp_path_factory.mktemp(name) / "state"
     state.mkdir()
     port = free_port()
-    try:
-        result = subprocess.run(
-            [sys.executable, str(APP), name, str(state), str(port)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        left = leftovers(state, port)
-    (state.parent / "report.jsonl").write_text(result.stdout)  # kept for a post-mortem of a failure
-    (state.parent / "stderr.txt").write_text(result.stderr)
-    steps = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            steps[record["step"]] = record
-    assert "error" not in steps, steps["error"]["traceback"]
-    assert "done" in steps, (result.stdout[-2000:], result.stderr[-2000:])
-    assert [] == left
-    return steps
+    return run_scenario(APP, name, str(state), str(port), state=state, port=port, timeout=60)
 
 
 @pytest.fixture(scope="module")

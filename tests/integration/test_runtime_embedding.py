@@ -7,52 +7,21 @@ the tests judge those lines. The child starts and kills only processes it spawne
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
+from children import Steps, free_port, run_scenario
 
 pytestmark = pytest.mark.integration
 
 APP = Path(__file__).parent / "apps" / "embed.py"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def scenario(name: str, tmp_path: Path) -> dict[str, dict[str, Any]]:
-    """Run one scenario; its report lines by step. Fails with the child's traceback on an error."""
-    port = free_port()
+def scenario(name: str, tmp_path: Path) -> Steps:
+    """Run one scenario; its report lines by step."""
     state = tmp_path / "state"
     state.mkdir()
-    result = subprocess.run(
-        [sys.executable, str(APP), name, str(state), str(port)],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    steps = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            steps[record["step"]] = record
-    assert "error" not in steps, steps["error"]["traceback"]
-    assert "done" in steps, (result.stdout[-2000:], result.stderr[-2000:])
-    leftovers = [
-        p for p in psutil.process_iter(["cmdline"]) if str(state) in " ".join(p.info["cmdline"] or [])
-    ]
-    assert [] == leftovers
-    return steps
+    return run_scenario(APP, name, str(state), str(free_port()), state=state, timeout=100)
 
 
 class TestExternalMode:

@@ -9,71 +9,23 @@ os._exit; the tests below judge those lines, one behaviour each. The child start
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from children import Steps, free_port, run_scenario
 
 pytestmark = pytest.mark.integration
 
 APP = Path(__file__).parent / "apps" / "embed.py"
 WORKER = "worker:broken-q"
 
-Steps = dict[str, dict[str, Any]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def leftovers(state: Path) -> list[str]:
-    """Kill every process whose command line names `state` (only ours can); their command lines."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if str(state) in cmdline:
-            found.append(cmdline)
-            try:
-                process.kill()
-                process.resume()
-            except psutil.NoSuchProcess:
-                pass
-    return found
-
 
 def scenario(name: str, tmp_path_factory: pytest.TempPathFactory) -> Steps:
-    """Run one scenario; its report lines by step. Fails with the child's traceback on an error."""
+    """Run one scenario; its report lines by step."""
     state = tmp_path_factory.mktemp(name) / "state"
     state.mkdir()
-    try:
-        result = subprocess.run(
-            [sys.executable, str(APP), name, str(state), str(free_port())],
-            capture_output=True,
-            text=True,
-            timeout=100,
-            check=False,
-        )
-    finally:
-        left = leftovers(state)
-    (state.parent / "report.jsonl").write_text(result.stdout)  # kept for a post-mortem of a failure
-    (state.parent / "stderr.txt").write_text(result.stderr)
-    steps = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            steps[record["step"]] = record
-    assert "error" not in steps, steps["error"]["traceback"]
-    assert "done" in steps, (result.stdout[-2000:], result.stderr[-2000:])
-    assert [] == left
-    return steps
+    return run_scenario(APP, name, str(state), str(free_port()), state=state, timeout=100)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,10 @@ Times are trio.current_time() seconds, taken by a task reading rt.events().
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from child import child_main, report
 from workflows import Greet, Nap, greet
 
 import stigmer_trio as st
@@ -44,10 +43,6 @@ BLACKHOLE = 3.0  # seconds the blackhole lasts (longer than detection: interval 
 LONG_BLACKHOLE = 12.0  # with connect_timeout 1 s: ~8 timed-out connects, the backoff at its 2 s cap
 LATENT = 3.0  # seconds of latency(LATENCY): several probes and a workflow
 LATENCY = 0.1
-
-
-def report(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
 
 
 def worker_spec() -> st.WorkerSpec:
@@ -291,19 +286,6 @@ async def latency(state_dir: Path, port: int) -> None:
         )
 
 
-def main() -> None:
-    scenario, state_dir, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    code = 0
-    try:
-        scenarios = {"reset": reset, "blackhole": blackhole, "long": long, "latency": latency}
-        trio.run(scenarios[scenario], state_dir, port)
-        report(step="done")
-    except BaseException:
-        report(step="error", traceback=traceback.format_exc())
-        code = 1
-    sys.stdout.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    main()
+    scenarios = {"reset": reset, "blackhole": blackhole, "long": long, "latency": latency}
+    child_main(lambda: trio.run(scenarios[sys.argv[1]], Path(sys.argv[2]), int(sys.argv[3])))

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import math
 import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -31,15 +29,12 @@ from temporalio import activity
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from child import child_main, report
 from workflows import Greet, Nap, greet
 
 import stigmer_trio as st
 
 QUEUE = "embed-q"
-
-
-def report(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
 
 
 def worker_spec() -> st.WorkerSpec:
@@ -483,19 +478,7 @@ async def midprobe(state_dir: Path, port: int) -> None:
     report(step="rounds", rounds=rounds)
 
 
-def main() -> None:
-    scenario, state_dir, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    code = 0
-    try:
-        scenarios = {"external": external, "devserver": devserver, "outage": outage, "hung": hung}
-        trio.run({**scenarios, "broken": broken, "midprobe": midprobe}[scenario], state_dir, port)
-        report(step="done")
-    except BaseException:
-        report(step="error", traceback=traceback.format_exc())
-        code = 1
-    sys.stdout.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    main()
+    scenarios = {"external": external, "devserver": devserver, "outage": outage, "hung": hung}
+    scenarios |= {"broken": broken, "midprobe": midprobe}
+    child_main(lambda: trio.run(scenarios[sys.argv[1]], Path(sys.argv[2]), int(sys.argv[3])))

@@ -9,12 +9,10 @@ through a pidfd after its identity (devserver.json: pid + create time + command 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from child import child_main, report
 from workflows import Greet, Nap, greet
 
 import stigmer_trio as st
@@ -30,10 +29,6 @@ from stigmer_trio._statefiles import read_pid_file
 
 QUEUE = "freeze-q"
 SETTLE = 3.0  # seconds watched after the new epoch: no further epoch may follow
-
-
-def report(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
 
 
 def freeze(state_dir: Path) -> int:
@@ -112,12 +107,4 @@ async def main(state_dir: Path, port: int) -> None:
 
 
 if __name__ == "__main__":
-    code = 0
-    try:
-        trio.run(main, Path(sys.argv[1]), int(sys.argv[2]))
-        report(step="done")
-    except BaseException:
-        report(step="error", traceback=traceback.format_exc())
-        code = 1
-    sys.stdout.flush()
-    os._exit(code)
+    child_main(lambda: trio.run(main, Path(sys.argv[1]), int(sys.argv[2])))

@@ -17,11 +17,9 @@ queue) then signals all three and reports how long each took to run on B.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
-import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from embed import bare_servers, external_config, report, wait_port
+from child import child_main, report
+from embed import bare_servers, external_config, wait_port
 from handover_workflows import Handover
 from temporalio.api.enums.v1 import EventType, TaskQueueKind, TimeoutType
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -243,21 +242,13 @@ def daemon(state_dir: Path, port: int, sticky: float) -> int:
     return daemon_main(config, notify)
 
 
-def main() -> None:
+def main() -> int | None:
     mode, state_dir, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    code = 0
-    try:
-        if mode == "daemon":
-            code = daemon(state_dir, port, float(sys.argv[4]))
-        else:
-            trio.run(main_scenario, state_dir, port)
-            report(step="done")
-    except BaseException:
-        report(step="error", traceback=traceback.format_exc())
-        code = 1
-    sys.stdout.flush()
-    os._exit(code)
+    if mode == "daemon":
+        return daemon(state_dir, port, float(sys.argv[4]))
+    trio.run(main_scenario, state_dir, port)
+    return None
 
 
 if __name__ == "__main__":
-    main()
+    child_main(main)
