@@ -285,6 +285,11 @@ class Soak:
         self.nursery: Any = None
         self.load_done = False
 
+    def task_timeout(self) -> dict[str, float]:
+        """`--timeouts S`: the workflow task timeout of the starts (the daemon's worker gets the same
+        sticky timeout through SOAK_STICKY_TIMEOUT, see soak_app.py); else the runtime's defaults."""
+        return {} if self.args.timeouts is None else {"workflow_task_timeout": self.args.timeouts}
+
     # --- the CLI --------------------------------------------------------------------------------------
     def up_options(self) -> list[str]:
         where = ["--external", str(self.proxy_address)] if self.external else ["--port", str(self.port)]
@@ -620,7 +625,7 @@ class Soak:
             config = st.RuntimeConfig(
                 state_dir=self.client_state,
                 dev_server=None,
-                connection=st.ConnectionConfig(address=str(address)),
+                connection=st.ConnectionConfig(address=str(address), **self.task_timeout()),
                 workers=[],
             )
             async with st.open_runtime(config) as rt:
@@ -1074,7 +1079,17 @@ def main() -> int:
     parser.add_argument("--external", action="store_true", help="external mode through the fault proxy")
     parser.add_argument("--seed", type=int, default=1, help="the fault sequence's random seed (1)")
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE", help="dump raw results (- = stdout)")
+    parser.add_argument(
+        "--timeouts",
+        type=float,
+        metavar="S",
+        help="sticky and workflow task timeouts (default: the runtime's; 10 = the SDK's, for a before/after)",
+    )
     args = parser.parse_args()
+    if args.timeouts is not None:
+        if not args.timeouts > 0:
+            parser.error(f"--timeouts must be > 0, got {args.timeouts!r}")
+        os.environ["SOAK_STICKY_TIMEOUT"] = str(args.timeouts)  # read by soak_app.py in the daemon
     if args.smoke and "--duration" not in sys.argv:
         args.duration = 90.0
     if args.duration < LOAD_TAIL + 10:
@@ -1099,10 +1114,12 @@ def main() -> int:
     soak.wall = time.monotonic() - began
     try:
         mode = "external (bare server + fault proxy)" if soak.external else "dev server (supervised)"
+        timeouts = "the runtime's defaults" if args.timeouts is None else f"{args.timeouts:g} s"
         print(f"\nSoak, {mode}: {command_line()}")
         print(
             f"duration {soak.duration:g} s, seed {soak.seed}, wall {soak.wall:.1f} s; {LOOPS} loops x "
-            f"{STARTS_PER_LOOP:g} starts/s; faults every {FAULT_GAP[0]:g}-{FAULT_GAP[1]:g} s\n"
+            f"{STARTS_PER_LOOP:g} starts/s; faults every {FAULT_GAP[0]:g}-{FAULT_GAP[1]:g} s; sticky and "
+            f"workflow task timeouts {timeouts}\n"
         )
         print(soak.table())
         print()

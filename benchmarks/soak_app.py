@@ -7,6 +7,7 @@ workflow tasks, two activity tasks and a timer: a fault can land at any of those
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from temporalio import activity, workflow
@@ -34,4 +35,12 @@ class SoakWorkflow:
         return await workflow.execute_activity(soak_step, first, start_to_close_timeout=timedelta(seconds=10))
 
 
-spec = st.WorkerSpec(TASK_QUEUE, workflows=[SoakWorkflow], activities=[soak_step])
+# `soak.py --timeouts S` sets the worker's sticky timeout through the environment (a before/after of
+# the runtime's default against the SDK's 10 s); unset: the runtime's default.
+_sticky = os.environ.get("SOAK_STICKY_TIMEOUT")
+spec = st.WorkerSpec(
+    TASK_QUEUE,
+    workflows=[SoakWorkflow],
+    activities=[soak_step],
+    **({} if _sticky is None else {"sticky_timeout": float(_sticky)}),
+)

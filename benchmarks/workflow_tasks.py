@@ -3,7 +3,7 @@ sticky queue timeout (WorkerSpec.sticky_timeout) and the workflow task timeout
 (ConnectionConfig.workflow_task_timeout) be before a busy worker's tasks time out?
 
     .venv/bin/python benchmarks/workflow_tasks.py [--conc 100] [--seconds 30] [--sticky 1.0]
-        [--task-timeout 10] [--hogs 0]
+        [--task-timeout 10] [--hogs 0] [--smoke]
 
 Not a test. Real clock. One runtime (trio) with its supervised dev server (tmp state dir, free port) and
 one worker; `--conc` BenchEcho workflows (start -> workflow task -> activity -> workflow task on the
@@ -191,7 +191,10 @@ if __name__ == "__main__":
     parser.add_argument("--sticky", type=float, default=1.0)
     parser.add_argument("--task-timeout", type=float, default=10.0)
     parser.add_argument("--hogs", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="seconds: 10 in flight for 3 s (CI)")
     arguments = parser.parse_args()
+    if arguments.smoke:
+        arguments.conc, arguments.seconds = 10, 3.0
     hogs = [
         subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
         for _ in range(arguments.hogs)
