@@ -671,7 +671,9 @@ def _run_demo(address: str, namespace: str, name: str) -> int:
 
 
 # --- stop ----------------------------------------------------------------------------------------------
-def _stop(args: argparse.Namespace, state_dir: Path) -> int:
+def _stop(args: argparse.Namespace, state_dir: Path, *, keep_server: bool = False) -> int:
+    """Stop the daemon (and its dev server, or an orphaned one). `keep_server` (the `restart`
+    handover): the daemon leaves a healthy dev server running for the next daemon to adopt."""
     if args.timeout < 0:
         raise UsageError(f"--timeout must be >= 0, got {args.timeout!r}")
     daemon_up = _daemon_running(state_dir)
@@ -700,15 +702,16 @@ def _stop(args: argparse.Namespace, state_dir: Path) -> int:
             )
             return EXIT_FAILURE
         if record is not None:
-            if not _signal_and_wait(record, args.timeout):
+            if not _signal_and_wait(record, args.timeout, HANDOVER_SIGNAL if keep_server else SIGTERM):
                 _say(f"the daemon (pid {record.pid}) did not stop within {args.timeout:g} s: killing it")
                 _kill_verified(record)
             stopped.append(f"daemon pid {record.pid}")
-    code, orphan = _stop_orphan(state_dir, args.timeout)
-    if code != EXIT_OK:
-        return code
-    if orphan is not None:
-        stopped.append(orphan)
+    if not keep_server:
+        code, orphan = _stop_orphan(state_dir, args.timeout)
+        if code != EXIT_OK:
+            return code
+        if orphan is not None:
+            stopped.append(orphan)
     if not stopped:
         print("not running")
         return EXIT_OK
@@ -748,8 +751,12 @@ def _stop_orphan(state_dir: Path, timeout: float) -> tuple[int, str | None]:
     return EXIT_OK, None
 
 
-def _signal_and_wait(record: PidRecord, timeout: float) -> bool:
-    """SIGTERM our verified daemon and wait for it to exit (pidfd); True if it did within `timeout`."""
+SIGTERM = 15
+HANDOVER_SIGNAL = 10  # SIGUSR1 (the daemon's HANDOVER_SIGNAL): stop, leaving the dev server running
+
+
+def _signal_and_wait(record: PidRecord, timeout: float, signum: int = SIGTERM) -> bool:
+    """Signal our verified daemon and wait for it to exit (pidfd); True if it did within `timeout`."""
     import select
     import signal
 
@@ -758,7 +765,7 @@ def _signal_and_wait(record: PidRecord, timeout: float) -> bool:
     except ProcessLookupError:
         return True
     try:
-        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        signal.pidfd_send_signal(pidfd, signum)
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         return bool(poller.poll(int(timeout * 1000)))
@@ -809,7 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "restart":
             state_dir = _state_dir(args, env, file)
             stop_args = argparse.Namespace(timeout=15.0)
-            code = _stop(stop_args, state_dir)
+            code = _stop(stop_args, state_dir, keep_server=True)  # the new daemon adopts the server
             if code != EXIT_OK:
                 return code
             args.detach = True

@@ -193,6 +193,9 @@ class DevServer:
         self._clock = clock
         self.info: ServerInfo | None = None
         self._log_offset = 0  # where the current server's output starts in the log
+        # Set by the daemon's `restart` handover: when this lifetime is cancelled, a server that is ready
+        # and healthy is left running (its record kept) for the next daemon to adopt.
+        self.keep_running = False
 
     # --- one lifetime ----------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED) -> None:
@@ -229,6 +232,20 @@ class DevServer:
                     f"server ({what}); not touching it"
                 )
             await trio.sleep(_LOCK_POLL)
+
+    def _same_settings(self, record: PidRecord, ports: dict[str, int]) -> bool:
+        """Was the recorded server started with the command this configuration gives (on its ports)?"""
+        try:
+            return tuple(self._command(ports)) == record.cmdline
+        except (KeyError, DevServerError):
+            return False
+
+    def _left_running(self, *, ready: bool, kill: bool, alive: bool) -> bool:
+        """Leave the server running at this stop? Only a ready, healthy, live one, on a handover."""
+        if not (self.keep_running and ready and alive and not kill):
+            return False
+        self.info = None
+        return True
 
     def _command(self, ports: dict[str, int]) -> list[str]:
         config = self.config
@@ -352,16 +369,22 @@ class DevServer:
             raise DevServerError(f"the dev server (pid {proc.pid}) stopped answering health checks ({hung})")
         finally:
             with trio.CancelScope(shield=True):
-                # Condemned before it is stopped: said first, so that nobody attaches to it while it
-                # dies (a SIGCONTed server answers during its shutdown).
-                self.info = None
-                alive = proc.returncode is None
-                if alive:
-                    self._emit(ServerExited(address, proc.pid, None, reason))
-                await self._stop_own(proc, kill=kill)
-                remove_pid_file(self.paths.record)
-                if not alive:
-                    self._emit(ServerExited(address, proc.pid, proc.returncode, reason))
+                if self._left_running(ready=self.info is not None, kill=kill, alive=proc.returncode is None):
+                    self._emit(ServerExited(address, proc.pid, None, "left running for the next daemon"))
+                else:
+                    await self._condemn_and_stop(proc, address, reason, kill=kill)
+
+    async def _condemn_and_stop(self, proc: trio.Process, address: str, reason: str, *, kill: bool) -> None:
+        # Condemned before it is stopped: said first, so that nobody attaches to it while it dies (a
+        # SIGCONTed server answers during its shutdown).
+        self.info = None
+        alive = proc.returncode is None
+        if alive:
+            self._emit(ServerExited(address, proc.pid, None, reason))
+        await self._stop_own(proc, kill=kill)
+        remove_pid_file(self.paths.record)
+        if not alive:
+            self._emit(ServerExited(address, proc.pid, proc.returncode, reason))
 
     async def _wait_ready(self, address: str, proc: trio.Process) -> _temporal.Client:
         """Ready = TCP accept AND check_health AND describe_namespace for every namespace."""
@@ -465,6 +488,8 @@ class DevServer:
         mismatch = (
             None if address == config.address else f"it listens on {address}, configured {config.address}"
         )
+        if mismatch is None and not self._same_settings(record, ports):
+            mismatch = "it was started with other settings (its command line differs)"
         try:
             pidfd = os.pidfd_open(record.pid)
         except ProcessLookupError:
@@ -513,18 +538,22 @@ class DevServer:
             raise DevServerError(f"the adopted dev server (pid {record.pid}) stopped answering ({hung})")
         finally:
             with trio.CancelScope(shield=True):
-                self.info = None
-                if stop:  # condemned first: nobody may attach to it while it dies
-                    self._emit(ServerExited(address, record.pid, None, reason))
-                    await stop_process_group_async(
-                        identity,
-                        timeout=0.0 if kill else config.stop_timeout,
-                        kill_timeout=config.stop_timeout,
-                    )
+                alive = not _exited(pidfd)
+                if stop and self._left_running(ready=self.info is not None, kill=kill, alive=alive):
+                    self._emit(ServerExited(address, record.pid, None, "left running for the next daemon"))
+                else:
+                    self.info = None
+                    if stop:  # condemned first: nobody may attach to it while it dies
+                        self._emit(ServerExited(address, record.pid, None, reason))
+                        await stop_process_group_async(
+                            identity,
+                            timeout=0.0 if kill else config.stop_timeout,
+                            kill_timeout=config.stop_timeout,
+                        )
+                    remove_pid_file(self.paths.record)
+                    if not stop:
+                        self._emit(ServerExited(address, record.pid, None, reason))
                 os.close(pidfd)
-                remove_pid_file(self.paths.record)
-                if not stop:
-                    self._emit(ServerExited(address, record.pid, None, reason))
 
 
 def _exited(pidfd: int) -> bool:

@@ -58,6 +58,9 @@ logger = logging.getLogger("stigmer_trio")
 RUNTIME_LOCK = "runtime.lock"
 RUNTIME_RECORD = "runtime.json"
 READY_WAIT = 30.0  # seconds the daemon waits for CONNECTED + workers before reporting "started"
+# `restart` stops the daemon with this signal: like SIGTERM, but a healthy dev server is left running
+# for the next daemon to adopt (no server downtime, no server restart).
+HANDOVER_SIGNAL = signal.SIGUSR1
 
 
 class Runtime:
@@ -263,6 +266,11 @@ class Runtime:
             "http": None if self.http_url is None else {"url": self.http_url},
         }
 
+    def _keep_server_running(self) -> None:
+        """At the coming stop, leave a healthy dev server running (the daemon's `restart` handover)."""
+        if self._devserver is not None:
+            self._devserver.keep_running = True
+
     async def events(self) -> AsyncIterator[Event]:
         """Every event record from now on (a reader that falls behind loses the oldest, counted)."""
         with self._hub.subscribe() as subscription:
@@ -467,12 +475,18 @@ async def _daemon(config: RuntimeConfig, status: _StatusFile, notify: Notify) ->
     began = trio.current_time()
     failure: BaseException | None = None
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, HANDOVER_SIGNAL) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
-                    logger.info("received %s: stopping", signal.Signals(signum).name)
+                    if signum == HANDOVER_SIGNAL and status.runtime is not None:
+                        # `restart`: stop, but leave a healthy dev server running for the next daemon to
+                        # adopt (its workers still shut down first, while the server is up).
+                        status.runtime._keep_server_running()
+                        logger.info("received %s: stopping, leaving the dev server running", signum)
+                    else:
+                        logger.info("received %s: stopping", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel(reason=f"signal {signum}")
                     return
 

@@ -817,8 +817,9 @@ class TestDurability:
 
 
 class TestRestart:
-    def test_restart_replaces_daemon_and_server(self, stack: Stack) -> None:
-        """`restart` stops and starts again: a new daemon, a new server process, ready."""
+    def test_restart_replaces_the_daemon_and_adopts_the_server(self, stack: Stack) -> None:
+        """`restart` with the same settings: a new daemon, the same dev server (handed over, adopted:
+        no server downtime), ready."""
         report = stack.start()
         daemon, server = daemon_identity(report), server_identity(report)
         result = stack.cli("restart", "--state-dir", str(stack.state_dir), "--port", str(stack.port))
@@ -826,8 +827,31 @@ class TestRestart:
         code, after = stack.status()
         assert 0 == code, after
         assert daemon != daemon_identity(after)
-        assert server != server_identity(after)
+        assert (server, True) == (server_identity(after), after["dev_server"]["adopted"])
         assert stack.address == after["dev_server"]["address"]
+        assert [] == wait_gone([daemon], timeout=5.0)
+        assert "left running for the next daemon" in stack.daemon_log()
+
+    def test_restart_with_other_settings_replaces_the_server(self, stack: Stack) -> None:
+        """`restart` whose settings change the server's command line: the old server is replaced."""
+        report = stack.start()
+        daemon, server = daemon_identity(report), server_identity(report)
+        result = stack.cli(
+            "restart", "--state-dir", str(stack.state_dir), "--port", str(stack.port), "--namespace", "other"
+        )
+        assert 0 == result.returncode, (result.stdout, result.stderr, stack.daemon_log())
+        code, after = stack.status()
+        assert 0 == code, after
+        assert daemon != daemon_identity(after)
+        assert server != server_identity(after)
+        assert (stack.address, False) == (after["dev_server"]["address"], after["dev_server"]["adopted"])
+        assert [] == wait_gone([daemon, server], timeout=5.0)
+
+    def test_stop_stops_the_server(self, stack: Stack) -> None:
+        """`stop` (SIGTERM) never hands over: daemon and server are gone."""
+        report = stack.start()
+        daemon, server = daemon_identity(report), server_identity(report)
+        assert 0 == stack.stop().returncode
         assert [] == wait_gone([daemon, server], timeout=5.0)
 
 
