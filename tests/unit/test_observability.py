@@ -403,7 +403,8 @@ class TestReadiness:
 
 class TestDevServerTuning:
     def test_defaults(self) -> None:
-        """Eager start and the transfer-queue rate; WAL with synchronous=normal."""
+        """Eager start, the transfer-queue rate, the result long poll, queue progress saved every 1 s;
+        WAL with synchronous=normal."""
         from stigmer_trio import DevServerConfig
 
         config = DevServerConfig()
@@ -411,6 +412,9 @@ class TestDevServerTuning:
             "system.enableEagerWorkflowStart=true",
             "history.transferProcessorMaxPollRPS=1000",
             'history.longPollExpirationInterval="2s"',
+            'matching.updateAckInterval="1s"',
+            'history.transferProcessorUpdateAckInterval="1s"',
+            'history.timerProcessorUpdateAckInterval="1s"',
         ) == config.dynamic_config
         assert ("journal_mode=wal", "synchronous=normal") == config.sqlite_pragmas
 
