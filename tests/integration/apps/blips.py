@@ -18,8 +18,6 @@ Times are trio.current_time() seconds, taken by a task reading rt.events().
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +29,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).parent))
 
 from child import child_main, report
+from embed import bare_servers
 from workflows import Greet, Nap, greet
 
 import stigmer_trio as st
@@ -47,27 +46,6 @@ LATENCY = 0.1
 
 def worker_spec() -> st.WorkerSpec:
     return st.WorkerSpec(QUEUE, workflows=[Greet, Nap], activities=[greet], graceful_shutdown_timeout=1.0)
-
-
-@contextlib.asynccontextmanager
-async def bare_server(state_dir: Path, port: int) -> AsyncIterator[trio.Process]:
-    """A bare in-memory dev server on 127.0.0.1:port in its own session; SIGKILLed (group) on the way out."""
-    home = state_dir / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    binary = str(Path(sys.executable).parent / "temporal")
-    command = [binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "HOME": str(home), "TEMPORAL_VERSION_CHECK_DISABLED": "1"}
-    with open(state_dir / "bare.log", "wb") as log:
-        server = await trio.lowlevel.open_process(
-            command, stdout=log, stderr=log, env=env, start_new_session=True
-        )
-    try:
-        yield server
-    finally:
-        with trio.CancelScope(shield=True):
-            if server.returncode is None:  # not reaped: the pid (and its group) is still ours
-                os.killpg(server.pid, signal.SIGKILL)
-                await server.wait()
 
 
 class Timeline:
@@ -143,7 +121,8 @@ async def stack(
 ) -> AsyncIterator[tuple[st.Runtime, FaultProxy, Timeline]]:
     """Server, proxy in front of it, runtime through the proxy (ready, first workflow done), timeline."""
     timeline = Timeline()
-    async with bare_server(state_dir, port), open_fault_proxy(f"127.0.0.1:{port}") as proxy:
+    async with bare_servers(state_dir, port) as spawn, open_fault_proxy(f"127.0.0.1:{port}") as proxy:
+        await spawn(None)  # in memory: the server stays up through every fault here
         config = st.RuntimeConfig(
             state_dir=state_dir,
             dev_server=None,
