@@ -181,3 +181,12 @@ class TestErrors:
         with pytest.raises(ConfigError, match="policy"):
             DevServerConfig(policy={"backoff": 1})  # type: ignore[arg-type]
         assert RestartPolicy() == RuntimeConfig(state_dir="/s", policy=RestartPolicy()).policy
+
+
+def test_cli_signal_numbers_match_the_daemon() -> None:
+    """The CLI names the handover and stop signals by number (its hot paths do not import signal)."""
+    import signal
+
+    from stigmer_trio import _cli, _runtime
+
+    assert (_runtime.HANDOVER_SIGNAL, signal.SIGTERM) == (_cli.HANDOVER_SIGNAL, _cli.SIGTERM)
