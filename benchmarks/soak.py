@@ -94,6 +94,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from _common import pct  # benchmarks/ is the working directory and sys.path[0]
+
 SELF = Path(__file__).resolve()
 HERE = SELF.parent
 PYTHON = sys.executable
@@ -118,13 +120,6 @@ EXT_KINDS = ("proxy-reset", "proxy-blackhole", "kill-daemon", "restart")
 
 
 # --- small helpers ---------------------------------------------------------------------------------------
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
-
-
 def fmt(value: float) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.2f}"
 

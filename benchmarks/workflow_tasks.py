@@ -21,7 +21,6 @@ import argparse
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,23 +35,10 @@ import trio
 from temporalio.api.enums.v1 import EventType, TaskQueueKind, TimeoutType
 
 import stigmer_trio as st
+from _common import free_port, pct
 from bench_workflows import BenchEcho, echo
 
 QUEUE = "wft-q"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
 
 
 def line(name: str, values: list[float]) -> str:
