@@ -1,7 +1,7 @@
 """Fault soak: a daemon under steady load and random faults loses nothing. Prints one table.
 
     cd benchmarks && ../.venv/bin/python soak.py [--smoke | --duration 540] [--seed N] [--external]
-                                                 [--json [FILE]]
+                                                 [--kinds K,K] [--json [FILE]]
 
 Not a test: it measures, prints, and exits non-zero when something was lost, duplicated, orphaned or a
 daemon did not come back. Everything runs on 127.0.0.1 with free ports and a fresh temporary directory.
@@ -231,6 +231,7 @@ class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.external: bool = args.external
+        self.kinds: tuple[str, ...] = args.kinds or (EXT_KINDS if args.external else DEV_KINDS)
         self.seed: int = args.seed
         self.rng = random.Random(args.seed)
         self.duration: float = args.duration
@@ -481,7 +482,7 @@ class Soak:
     async def faults_loop(self, until: float, proxy: Any) -> None:
         import trio
 
-        kinds = EXT_KINDS if self.external else DEV_KINDS
+        kinds = self.kinds
         last = time.monotonic()
         while True:
             at = last + self.rng.uniform(*FAULT_GAP)
@@ -811,7 +812,7 @@ class Soak:
         v = self.verification
         injected = [f for f in self.faults if not f.get("skipped")]
         skipped = [f for f in self.faults if f.get("skipped")]
-        kinds = EXT_KINDS if self.external else DEV_KINDS
+        kinds = self.kinds
         rows = [
             "| measurement | count / n | p50 (s) | p90 (s) | max (s) | target | met |",
             "|---|---|---|---|---|---|---|",
@@ -1080,7 +1081,18 @@ def main() -> int:
         metavar="S",
         help="sticky and workflow task timeouts (default: the runtime's; 10 = the SDK's, for a before/after)",
     )
+    parser.add_argument(
+        "--kinds",
+        type=lambda text: tuple(text.split(",")),
+        metavar="K,K",
+        help=f"only these fault kinds (default: all of the mode's: {','.join(DEV_KINDS)} / {','.join(EXT_KINDS)})",
+    )
     args = parser.parse_args()
+    if args.kinds is not None:
+        allowed = EXT_KINDS if args.external else DEV_KINDS
+        wrong = [k for k in args.kinds if k not in allowed]
+        if wrong or not args.kinds:
+            parser.error(f"--kinds: {','.join(wrong) or '(none)'} not among {','.join(allowed)}")
     if args.timeouts is not None:
         if not args.timeouts > 0:
             parser.error(f"--timeouts must be > 0, got {args.timeouts!r}")

@@ -60,8 +60,9 @@ class RestartPolicy:
     ``delay(1)`` (the first restart after a stable run) is ``initial_delay``; attempt k >= 2 waits
     ``min(max_delay, backoff * multiplier ** (k - 2))``; either is then multiplied by
     ``uniform(1 - jitter, 1 + jitter)``. At most ``max_restarts`` restarts are allowed within any
-    sliding ``window`` seconds (``None``: no limit). A run that lasted at least ``reset_after`` seconds
-    was stable: the next failure is attempt 1 again.
+    sliding ``window`` seconds (``None``: no limit). A run that was ready (its child called
+    ``task_status.started()``) for at least ``reset_after`` seconds was stable: the next failure is
+    attempt 1 again. A run that never became ready never was, however long it tried.
     """
 
     initial_delay: float = attrs.field(default=0.0, validator=_at_least(0.0))
@@ -95,12 +96,12 @@ class RestartPolicy:
         return base * rng.uniform(1.0 - self.jitter, 1.0 + self.jitter)
 
 
-def next_attempt(previous: int, ran_for: float, policy: RestartPolicy) -> int:
-    """The attempt number of the restart that follows a run of `ran_for` seconds.
+def next_attempt(previous: int, ready_for: float, policy: RestartPolicy) -> int:
+    """The attempt number of the restart that follows a run that was ready for `ready_for` seconds.
 
     `previous` is the attempt number of the restart that started that run (0 for the first run).
     """
-    if ran_for >= policy.reset_after:
+    if ready_for >= policy.reset_after:
         return 1
     return previous + 1
 

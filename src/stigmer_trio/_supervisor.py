@@ -134,6 +134,7 @@ class _StartStatus:
         if run.started:
             raise RuntimeError("called 'started' twice on the same task status")
         run.started = True
+        run.started_at = trio.current_time()
         run.value = value
         run.settled.set()
 
@@ -151,6 +152,7 @@ class _Run:
     started: bool = False
     value: object = None
     error: BaseException | None = None
+    started_at: float = math.nan  # when it called task_status.started(): ready
     finished_at: float = math.nan
     stopping: bool = False  # the supervisor cancelled it: its exit is not a failure
     handled: bool = False  # its exit has been acted on
@@ -378,7 +380,10 @@ class Supervisor:
         now = trio.current_time()
         if not self._history.allows(now) or (child.spec.policy is not None and not child.history.allows(now)):
             await self._give_up(child, error, now)
-        attempt = next_attempt(child.attempt, ran_for, child.policy)
+        # Stable = ready for reset_after seconds: a child that never became ready never was, however
+        # long it tried (a boot that fails slowly is still a crash loop).
+        ready_for = run.finished_at - run.started_at if run.started else 0.0
+        attempt = next_attempt(child.attempt, ready_for, child.policy)
         delay = child.policy.delay(attempt, self._rng)
         record = RestartRecord(child=child.name, at=now, attempt=attempt, delay=delay)
         self._history = self._history.with_restart(record)

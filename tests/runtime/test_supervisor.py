@@ -226,6 +226,29 @@ class TestBackoffAndLimit:
         assert [1, 2, 3, 1, 2] == [e.attempt for e in scheduled]
         assert [0.25, 1.0, 2.0, 0.25, 1.0] == [e.delay for e in scheduled]
 
+
+    async def test_stable_counts_from_ready_not_from_spawn(self, autojump_clock: trio.testing.MockClock) -> None:
+        """reset_after is time spent ready: a slow boot that then dies soon, or a boot that never
+        becomes ready however long it tries, keeps escalating; ready for reset_after resets."""
+        log = Log()
+        # (boot seconds, then ready seconds or None = fail during boot)
+        runs: list[tuple[float, float | None]] = [(12, 1), (20, None), (1, 10), (12, 9.5), (0, None)]
+
+        async def child(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            boot, ready = runs.pop(0) if runs else (0.0, math.inf)
+            await trio.sleep(boot)
+            if ready is None:
+                raise Boom("never ready")
+            task_status.started()
+            await trio.sleep(ready)
+            raise Boom("died")
+
+        sup = Supervisor([ChildSpec("c", child)], policy=attrs.evolve(STEADY, initial_delay=0.25),
+                         on_event=log)  # fmt: skip
+        await serve_for(sup, 200.0)
+        # ready 1 s: 1; never ready (20 s): 2; ready 10 s: reset to 1; ready 9.5 s after a 12 s boot: 2;
+        # failed at once: 3
+        assert [1, 2, 1, 2, 3] == [e.attempt for e in log.of(ChildRestartScheduled)]
     async def test_jitter_comes_from_the_given_rng(self, autojump_clock: trio.testing.MockClock) -> None:
         """Delays are jittered with the supervisor's rng, reproducibly."""
         log = Log()
