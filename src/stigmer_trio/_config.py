@@ -48,6 +48,11 @@ DEFAULT_DYNAMIC_CONFIG = (
     'matching.updateAckInterval="1s"',
     'history.transferProcessorUpdateAckInterval="1s"',
     'history.timerProcessorUpdateAckInterval="1s"',
+    'history.visibilityProcessorUpdateAckInterval="1s"',
+    # Every read of a history queue moves the shard's earliest allowed timer to now + this shift (1 s by
+    # default), so a timer or timeout shorter than that fired ~1 s late: a 0.2 s workflow.sleep took
+    # 1.0-1.2 s (server source: task_key_manager.go / task_key_generator.go; measured in the soak).
+    'history.timerProcessorMaxTimeShift="50ms"',
 )
 # SQLite: write-ahead log, fsync at checkpoints. Survives the server being killed (our crash model);
 # power loss may lose the last commits but never corrupts the db. Round trip 36 -> 23 ms measured here.

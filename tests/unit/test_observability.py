@@ -403,8 +403,8 @@ class TestReadiness:
 
 class TestDevServerTuning:
     def test_defaults(self) -> None:
-        """Eager start, the transfer-queue rate, the result long poll, queue progress saved every 1 s;
-        WAL with synchronous=normal."""
+        """Eager start, the transfer-queue rate, the result long poll, queue progress saved every 1 s,
+        short timers on time; WAL with synchronous=normal."""
         from stigmer_trio import DevServerConfig
 
         config = DevServerConfig()
@@ -415,6 +415,8 @@ class TestDevServerTuning:
             'matching.updateAckInterval="1s"',
             'history.transferProcessorUpdateAckInterval="1s"',
             'history.timerProcessorUpdateAckInterval="1s"',
+            'history.visibilityProcessorUpdateAckInterval="1s"',
+            'history.timerProcessorMaxTimeShift="50ms"',
         ) == config.dynamic_config
         assert ("journal_mode=wal", "synchronous=normal") == config.sqlite_pragmas
 
