@@ -1,6 +1,6 @@
 """Fail-fast: how long a call takes to raise while Temporal is down, runtime vs SDK. Prints a table.
 
-    .venv/bin/python benchmarks/failfast.py [--calls 200000] [--sdk-calls 2]
+    .venv/bin/python benchmarks/failfast.py [--calls 200000] [--sdk-calls 2] [--smoke]
 
 Not a test. Real clock, time.perf_counter_ns around each call.
 
@@ -12,6 +12,10 @@ Not a test. Real clock, time.perf_counter_ns around each call.
 * Floors, same loop: a sync flag check + raise, and an `async def` that just raises.
 * The plain SDK (a child process, plain asyncio, no runtime): a connected Client, then the bare server is
   SIGKILLed, then `client.start_workflow` with the SDK's defaults, timed until it raises.
+
+Ratios to the floors of the same run follow the table. `--smoke` (CI): 10 000 calls per series and one
+SDK call (~15 s, most of it the SDK call waiting for UNAVAILABLE); exits non-zero when anything breaks
+or a series got no samples.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ import trio_asyncio
 
 import stigmer_trio as st
 from _common import (
-    SdkChild,
     Server,
     Table,
     command_line,
@@ -41,14 +44,24 @@ from _common import (
     machine_note,
     pct,
     probe_ready,
+    require,
     run_timed,
 )
+from _sdk_child import SdkChild
 from bench_workflows import BenchEcho, echo
 
 QUEUE = "ff-q"
 CHUNK = 10_000
 YIELD_EVERY = 1000
 TARGET_P99_US = 50.0
+SERIES = (  # every one of them gets CHUNK samples per round
+    "floor: sync flag check + raise",
+    "floor: async def that just raises",
+    "RUNTIME: await rt.start_workflow(...)",
+    "runtime: await rt.execute_workflow(...)",
+    "runtime: await rt.run_asyncio(fn)",
+    "runtime: rt.client() (sync)",
+)
 
 
 class Down(Exception):
@@ -180,16 +193,8 @@ class Bench:
 
     def table(self) -> str:
         table = Table("µs", "{:.2f}")
-        order = [
-            "floor: sync flag check + raise",
-            "floor: async def that just raises",
-            "RUNTIME: await rt.start_workflow(...)",
-            "runtime: await rt.execute_workflow(...)",
-            "runtime: await rt.run_asyncio(fn)",
-            "runtime: rt.client() (sync)",
-        ]
-        for name in order:
-            values = [ns / 1000 for ns in self.samples.get(name, [])]
+        for name in SERIES:
+            values = self.micros(name)
             if name.startswith("RUNTIME"):
                 table.row(name, values, f"p99 <= {TARGET_P99_US:g}", pct(values, 0.99) <= TARGET_P99_US)
             else:
@@ -200,7 +205,18 @@ class Bench:
                 ["1", f"{result['seconds'] * 1e6:,.0f}", "", "", ""],
                 "(for comparison)",
             )
+        async_floor = self.micros("floor: async def that just raises")
+        for name in SERIES[2:5]:
+            table.ratios(f"ratio {name.split(': ', 1)[1]} / async floor", self.micros(name), async_floor)
+        table.ratios(
+            "ratio rt.client() / sync floor",
+            self.micros("runtime: rt.client() (sync)"),
+            self.micros("floor: sync flag check + raise"),
+        )
         return table.render()
+
+    def micros(self, name: str) -> list[float]:
+        return [ns / 1000 for ns in self.samples.get(name, [])]
 
     def describe(self) -> list[str]:
         lines = []
@@ -225,11 +241,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200_000, help=f"per series, a multiple of {CHUNK}")
     parser.add_argument("--sdk-calls", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help=f"CI: {CHUNK} calls per series, 1 SDK call")
     args = parser.parse_args()
+    if args.smoke:
+        args.calls, args.sdk_calls = CHUNK, 1
     if args.calls < CHUNK or args.sdk_calls < 0:
         parser.error(f"--calls must be >= {CHUNK}, --sdk-calls >= 0")
     bench = Bench(args.calls, args.sdk_calls)
-    code, elapsed, load_before = run_timed(lambda: trio.run(bench.run))
+
+    def run() -> None:
+        trio.run(bench.run)
+        require(bench.samples, *SERIES)
+        if len(bench.sdk) != bench.sdk_calls:
+            raise RuntimeError(f"{len(bench.sdk)} plain SDK calls answered, {bench.sdk_calls} asked")
+
+    code, elapsed, load_before = run_timed(run)
     print(bench.table())
     print()
     print(f"Command: `{command_line()}` ({elapsed:.0f} s wall). {machine_note(load_before)}")

@@ -1,6 +1,6 @@
 """The control endpoint under load: /readyz and /metrics latency, and its cost to the workflows. Tables.
 
-    .venv/bin/python benchmarks/http_endpoint.py [--rounds 6] [--phase 5] [--clients 50] [--load 2]
+    .venv/bin/python benchmarks/http_endpoint.py [--rounds 6] [--phase 5] [--clients 50] [--load 2] [--smoke]
 
 Not a test. Real clock. The runtime in dev-server mode with the endpoint on (127.0.0.1, a free port) and a
 worker running a one-activity workflow; `--load` loops run workflows back to back through
@@ -13,6 +13,9 @@ rt.execute_workflow the whole time.
    process that only sleeps: the same start-up cost), `--rounds`
    times each, order alternating; workflow round trip p50/p99 per condition. Target: p99 moves <= 5 %.
    `--aa` runs the same schedule with no scraping at all: the ratio it prints is the noise floor.
+
+`--smoke` (CI): one 1 s phase per condition, 4 endpoint clients, one load loop (~15 s); exits non-zero
+when anything breaks or a series got no samples.
 
 Not named http.py: on sys.path (a script's own directory is) it would shadow the stdlib `http` package
 for every benchmark here, since prometheus-client imports http.server.
@@ -31,7 +34,7 @@ import time
 import trio
 
 import stigmer_trio as st
-from _common import Table, command_line, free_port, leave, machine_note, median, pct, run_timed
+from _common import Table, command_line, free_port, leave, machine_note, pct, require, run_timed
 from bench_workflows import BenchEcho, echo
 
 QUEUE = "http-bench-q"
@@ -109,7 +112,13 @@ class GcPauses:
 
 
 async def bench(
-    rounds: int, phase: float, n_clients: int, load: int, aa: bool = False, freeze: bool = False
+    rounds: int,
+    phase: float,
+    n_clients: int,
+    load: int,
+    aa: bool = False,
+    freeze: bool = False,
+    warmup: float = 2.0,
 ) -> str:
     with tempfile.TemporaryDirectory(prefix="stigmer-http-bench-") as state:
         config = st.RuntimeConfig(
@@ -141,7 +150,7 @@ async def bench(
             async with trio.open_nursery() as nursery:
                 for _ in range(load):
                     nursery.start_soon(loop)
-                await trio.sleep(2.0)  # warm-up
+                await trio.sleep(warmup)
                 latencies.clear()
                 endpoint = await clients(url, "load", phase, n_clients)
                 under_load = latencies[:]
@@ -162,16 +171,20 @@ async def bench(
                     print(f"# round {index + 1}/{rounds}", file=sys.stderr, flush=True)
                 nursery.cancel_scope.cancel(reason="benchmark over")
 
+    base, scraped = by_condition["not scraped"], by_condition["scraped every 100 ms"]
+    series = {"GET /readyz": endpoint["/readyz"], "GET /metrics": endpoint["/metrics"], "not scraped": base}
+    series |= {"scraped every 100 ms": scraped, "scrapes": by_condition.get("scrapes", [])}
+    require(series, *(name for name in series if not (aa and name == "scrapes")))
     http_table = Table("ms", "{:.2f}")
     for path in ("/readyz", "/metrics"):
         http_table.row(f"GET {path}, {n_clients} concurrent clients, workflows running", endpoint[path])
     http_table.row(f"workflow round trip during that ({load} loops)", under_load)
     http_table.row("GET /metrics, one scraper every 100 ms", by_condition.get("scrapes", []))
     wf = Table("ms")
-    base, scraped = by_condition["not scraped"], by_condition["scraped every 100 ms"]
     wf.row("workflow round trip, not scraped", base)
     p99_ratio = pct(scraped, 0.99) / pct(base, 0.99)
-    wf.row("workflow round trip, /metrics scraped every 100 ms", scraped, "p99 <= 1.05x", p99_ratio <= 1.05)
+    wf.row("workflow round trip, /metrics scraped every 100 ms", scraped)
+    wf.ratios("ratio scraped / not scraped", scraped, base, "p99 <= 1.05x", p99_ratio <= 1.05)
     requests = sum(len(v) for v in endpoint.values())
     gc_lines = [
         "| collector pauses in the runtime process | gen 0 | gen 1 | gen 2 | gen 2 max (ms) |",
@@ -187,7 +200,7 @@ async def bench(
             f"{requests / phase:.0f} requests/s served to {n_clients} clients over {phase:g} s.",
             wf.render(),
             f"p99 ratio scraped / not scraped: {p99_ratio:.3f}; p50 ratio: "
-            f"{median(scraped) / median(base):.3f} ({rounds} phases of {phase:g} s each, alternating"
+            f"{pct(scraped, 0.5) / pct(base, 0.5):.3f} ({rounds} phases of {phase:g} s each, alternating"
             + ("; A/A: neither condition scraped" if aa else "")
             + ("; gc.freeze() after start-up" if freeze else "")
             + ").",
@@ -210,14 +223,18 @@ def main() -> int:
         "--aa", action="store_true", help="A/A control: no scraping in either condition (the noise floor)"
     )
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() once the runtime is ready")
+    parser.add_argument("--smoke", action="store_true", help="CI: 1 phase of 1 s each, 4 clients, 1 loop")
     args = parser.parse_args()
     if args.rounds < 1 or args.phase <= 0 or args.clients < 1 or args.load < 1:
         parser.error("every count must be >= 1 and --phase > 0")
+    warmup = 2.0
+    if args.smoke:
+        args.rounds, args.phase, args.clients, args.load, warmup = 1, 1.0, 4, 1, 0.5
     tables: list[str] = []
 
     def run() -> None:
         tables.append(
-            trio.run(bench, args.rounds, args.phase, args.clients, args.load, args.aa, args.gc_freeze)
+            trio.run(bench, args.rounds, args.phase, args.clients, args.load, args.aa, args.gc_freeze, warmup)
         )
 
     code, elapsed, load_before = run_timed(run)

@@ -1,6 +1,6 @@
 """Workflow round trips (start -> result, one activity): the runtime vs plain asyncio temporalio; tables.
 
-    .venv/bin/python benchmarks/roundtrip.py [--seq 200] [--batch 1] [--conc 50] [--bursts 5]
+    .venv/bin/python benchmarks/roundtrip.py [--seq 200] [--batch 1] [--conc 50] [--bursts 5] [--smoke]
 
 Not a test. Real clock. Two bare `temporal server start-dev` (127.0.0.1, free ports, persisted db):
 
@@ -29,6 +29,10 @@ in streaks), then `--bursts` rounds of `--conc` concurrent workflows per way.
   TH-BR    the alternative bridge: temporalio (Client + Worker on "th-q") on a plain asyncio loop in a
            dedicated thread of this process; trio submits with asyncio.run_coroutine_threadsafe and is
            woken through its TrioToken. Eager start off, as RT-BR: compare the two bridges with SDK.
+
+Every figure that has a target is a ratio to a peer of the same run (the third table). `--smoke` (CI):
+3 sequential round trips and one burst of 5 per way, 1 warm-up (~20 s); exits non-zero when anything
+breaks or a way got no samples.
 """
 
 from __future__ import annotations
@@ -51,17 +55,17 @@ import trio_asyncio
 
 import stigmer_trio as st
 from _common import (
-    SdkChild,
     Server,
     Table,
     command_line,
     leave,
     machine_note,
-    median,
     pct,
     probe_ready,
+    require,
     run_timed,
 )
+from _sdk_child import SdkChild
 from bench_workflows import BenchEcho, echo
 
 RT_QUEUE = "rt-q"
@@ -139,12 +143,12 @@ class ThreadBridge:
         return future.result()
 
 
-WARMUP = 10  # round trips per way before anything is recorded
+WARMUP = 10  # round trips per way before anything is recorded (--smoke: 1)
 
 
 class Bench:
-    def __init__(self, seq: int, batch: int, conc: int, bursts: int) -> None:
-        self.seq, self.batch, self.conc, self.bursts = seq, batch, conc, bursts
+    def __init__(self, seq: int, batch: int, conc: int, bursts: int, warmup: int = WARMUP) -> None:
+        self.seq, self.batch, self.conc, self.bursts, self.warmup = seq, batch, conc, bursts, warmup
         self.root = Path(tempfile.mkdtemp(prefix="stigmer-roundtrip-"))
         self.server = Server(self.root / "server", tuned=True)
         self.stock = Server(self.root / "stock", eager=False)
@@ -231,7 +235,7 @@ class Bench:
                 with trio.fail_after(60):
                     await rt.wait_ready()
                 for way in WAYS:
-                    await self.seq_batch(rt, sdks, way, WARMUP, record=False)
+                    await self.seq_batch(rt, sdks, way, self.warmup, record=False)
                 try:  # can the facade be told not to start eagerly?
                     await rt.execute_workflow(
                         "BenchEcho",
@@ -283,7 +287,7 @@ class Bench:
             return pct(self.latency[a], q) / pct(self.latency[b], q)
 
         def tput(a: str, b: str) -> float:
-            return median(self.throughput[a]) / median(self.throughput[b])
+            return pct(self.throughput[a], 0.5) / pct(self.throughput[b], 0.5)
 
         checks = [
             (
@@ -298,7 +302,7 @@ class Bench:
             ),
             ("RT-BR p50 / SDK p50 (bridge overhead, eager off)", ratio("RT-BR", "SDK", 0.5), "<= 1.05"),
             ("RT-BR p99 / SDK p99 (bridge overhead, eager off)", ratio("RT-BR", "SDK", 0.99), "<= 1.2"),
-            ("RT-BR / SDK throughput, median of bursts", tput("RT-BR", "SDK"), ">= 0.95"),
+            ("RT-BR / SDK throughput, p50 of bursts", tput("RT-BR", "SDK"), ">= 0.95"),
             ("RT-BR-E p50 / SDK-E p50 (bridge overhead, eager on)", ratio("RT-BR-E", "SDK-E", 0.5), ""),
             ("RT-BR-E p99 / SDK-E p99 (bridge overhead, eager on)", ratio("RT-BR-E", "SDK-E", 0.99), ""),
             ("RT-BR-E / SDK-E throughput", tput("RT-BR-E", "SDK-E"), ""),
@@ -319,16 +323,16 @@ class Bench:
             lines.append(f"| {name} | {value:.3f} | {target} | {met} |")
 
         thr = [
-            f"| throughput, {self.conc} concurrent (workflows/s) | bursts | min | median | max "
-            "| CPU ms/workflow of its process (median) |",
+            f"| throughput, {self.conc} concurrent (workflows/s) | bursts | min | p50 | max "
+            "| CPU ms/workflow of its process (p50) |",
             "|---|---|---|---|---|---|",
         ]
         for way in WAYS:
             values = self.throughput[way]
             if values:
-                cpu = median([s * 1000 for s in self.cpu[way]])
+                cpu = pct([s * 1000 for s in self.cpu[way]], 0.5)
                 thr.append(
-                    f"| {LABELS[way]} | {len(values)} | {min(values):.1f} | {median(values):.1f} "
+                    f"| {LABELS[way]} | {len(values)} | {min(values):.1f} | {pct(values, 0.5):.1f} "
                     f"| {max(values):.1f} | {cpu:.1f} |"
                 )
         return "\n\n".join([lat.render(), "\n".join(thr), "\n".join(lines)])
@@ -344,11 +348,20 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1, help="sequential round trips per batch")
     parser.add_argument("--conc", type=int, default=50, help="workflows per concurrent burst")
     parser.add_argument("--bursts", type=int, default=5, help="concurrent bursts per way")
+    parser.add_argument("--smoke", action="store_true", help="CI: 3 round trips and 1 burst of 5 per way")
     args = parser.parse_args()
     if min(args.seq, args.batch, args.conc, args.bursts) < 1:
         parser.error("every count must be >= 1")
-    bench = Bench(args.seq, args.batch, args.conc, args.bursts)
-    code, elapsed, load_before = run_timed(lambda: trio.run(bench.run))
+    if args.smoke:
+        args.seq, args.batch, args.conc, args.bursts = 3, 1, 5, 1
+    bench = Bench(args.seq, args.batch, args.conc, args.bursts, warmup=1 if args.smoke else WARMUP)
+
+    def run() -> None:
+        trio.run(bench.run)
+        require(bench.latency, *WAYS)
+        require(bench.throughput, *WAYS)
+
+    code, elapsed, load_before = run_timed(run)
     try:
         print(bench.tables())
     except Exception:
@@ -359,7 +372,7 @@ def main() -> int:
     print(
         "Latency = start -> result of one workflow (time.perf_counter_ns around the call, in the process "
         f"that makes it). Sequential: {args.seq} per way in batches of {args.batch}, rotating order; p99 of "
-        f"{args.seq} samples is nearly the max. {WARMUP} warm-up round trips per way are not recorded. "
+        f"{args.seq} samples is nearly the max. {bench.warmup} warm-up round trips per way are not recorded. "
         f"Throughput: {args.conc} started at once, time until all completed."
     )
     print(

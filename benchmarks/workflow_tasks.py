@@ -11,7 +11,8 @@ sticky queue -> result) are kept in flight for `--seconds`; `--hogs N` also runs
 (the machine's other work). Then every history is read and, per workflow task, the server's
 Scheduled -> Started (split: normal / sticky queue) and Started -> Completed gaps are printed, with
 every WorkflowTaskTimedOut (SCHEDULE_TO_START = a sticky timeout: the cache was lost; START_TO_CLOSE = a
-task timeout: the task was retried).
+task timeout: the task was retried). `--smoke` (CI) exits non-zero when anything breaks or no workflow
+completed.
 """
 # ruff: noqa: E402
 
@@ -35,7 +36,7 @@ import trio
 from temporalio.api.enums.v1 import EventType, TaskQueueKind, TimeoutType
 
 import stigmer_trio as st
-from _common import free_port, pct
+from _common import free_port, pct, require
 from bench_workflows import BenchEcho, echo
 
 QUEUE = "wft-q"
@@ -146,6 +147,7 @@ async def main(args: argparse.Namespace, hogs: list[subprocess.Popen[bytes]]) ->
     finally:
         stop_hogs(hogs)
     result = analyse(histories)
+    require({"round trip": round_trips, **result}, "round trip", "normal", "processing")
     print(
         f"conc={args.conc} seconds={args.seconds} sticky={args.sticky} task_timeout={args.task_timeout} "
         f"hogs={args.hogs}; {os.cpu_count()} cores, load {load_before[0]:.2f} -> {load_after[0]:.2f}; "
