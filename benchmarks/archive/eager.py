@@ -1,6 +1,7 @@
-"""Eager workflow start through the runtime: in a row, and interleaved with non-eager starts. A table.
+"""ARCHIVED (finished; its finding is in docs/benchmarks.md). Eager workflow start through the runtime: in
+a row, and interleaved with non-eager starts. A table.
 
-    python benchmarks/eager.py [--rounds 50]
+    .venv/bin/python benchmarks/archive/eager.py [--rounds 50]
 
 The runtime in dev-server mode (the dev server runs with system.enableEagerWorkflowStart=true) with one
 local worker; a one-activity workflow. Three phases, in this order: N eager round trips in a row
@@ -11,21 +12,19 @@ request_eager_start=False) in a row, then N pairs alternating the two.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: the shared harness
+
 import trio
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 import stigmer_trio as st
+from _common import Table, command_line, free_port, leave, run_timed
 from bench_workflows import BenchEcho, echo
-from stigmer_trio._devserver import free_port
 
 QUEUE = "eager-q"
 
@@ -69,20 +68,17 @@ async def main(rounds: int) -> None:
                 mixed_eager.append(await eager())
                 mixed_default.append(await default())
             rows += [("eager start, alternating", mixed_eager), ("SDK defaults, alternating", mixed_default)]
-    print("| round trip through the runtime (ms) | n | p50 | p90 | max |")
-    print("|---|---|---|---|---|")
+    table = Table("ms, round trip through the runtime")
     for name, samples in rows:
-        ordered = sorted(samples)
-        p90 = ordered[int(0.9 * (len(ordered) - 1))]
-        print(
-            f"| {name} | {len(ordered)} | {statistics.median(ordered):.1f} | {p90:.1f} | {ordered[-1]:.1f} |"
-        )
-    print(f"\ncommand: python benchmarks/eager.py --rounds {rounds}")
+        table.row(name, samples)
+    table.ratios("ratio eager / SDK defaults, in a row", rows[0][1], rows[1][1])
+    table.ratios("ratio eager / SDK defaults, alternating", rows[2][1], rows[3][1])
+    print(table.render())
+    print(f"\nCommand: `{command_line()}`")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
-    trio.run(main, parser.parse_args().rounds)
-    sys.stdout.flush()
-    os._exit(0)  # temporalio can crash the interpreter at exit after a Worker ran
+    rounds = parser.parse_args().rounds
+    leave(run_timed(lambda: trio.run(main, rounds))[0])  # os._exit: temporalio can crash at exit

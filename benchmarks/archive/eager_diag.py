@@ -1,6 +1,7 @@
-"""Where does a one-activity round trip spend its time? Per-hop history breakdown, plain asyncio.
+"""ARCHIVED (finished; its findings are in docs/benchmarks.md). Where does a one-activity round trip spend
+its time? Per-hop history breakdown, plain asyncio.
 
-    python benchmarks/eager_diag.py [--rounds 40] [--variant NAME ...] [--list]
+    .venv/bin/python benchmarks/archive/eager_diag.py [--rounds 40] [--variant NAME ...] [--list]
 
 Starts its own `temporal server start-dev` per distinct server flag set (127.0.0.1, free ports, temp db,
 eager workflow start enabled), one Worker per variant (its own task queue), and runs BenchEcho round trips
@@ -10,18 +11,19 @@ prints the gaps between events, plus client time before the first and after the 
 
 No trio, no trio-asyncio, no stigmer_trio: plain temporalio. A diagnostic, kept because it found the
 transfer-queue rate limit (history.transferProcessorMaxPollRPS, 20/s by default) behind the bimodal
-~50/~100 ms round trips; its wide table-printing lines are exempt from the line-length rule.
+~50/~100 ms round trips; its wide table-printing lines are exempt from the line-length rule. The server
+command line and the percentile are the shared harness's (`_common.start_dev_command`, `_common.pct`).
 """
-# ruff: noqa: E501, E402, B904
+# ruff: noqa: E501, B904
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,33 +34,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-# Our directory goes LAST on sys.path: benchmarks/http.py would shadow the stdlib `http` package otherwise.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-
-import itertools
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: the shared harness
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from _common import EAGER_START, forget, free_port, pct, popen_server, start_dev_command
 from bench_workflows import BenchEcho, echo
 
-TEMPORAL = Path(sys.executable).parent / "temporal"
-EAGER = ("system.enableEagerWorkflowStart=true",)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))]
+EAGER = (EAGER_START,)
 
 
 # --- server ---------------------------------------------------------------------------------------------
@@ -67,29 +52,22 @@ class Server:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         (root / "home").mkdir(exist_ok=True)
-        self.port, self.ui = free_port(), free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dyn = dyn
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        cmd = [
-            str(TEMPORAL), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port),
-            "--ui-port", str(self.ui), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-            "--headless", "--log-level", "warn",
-        ]  # fmt: skip
-        if "--memdb" not in self.args:
-            cmd += ["--db-filename", str(self.root / "temporal.db")]
-        cmd += [a for a in self.args if a != "--memdb"]
-        for value in self.dyn:
-            cmd += ["--dynamic-config-value", value]
-        env = {**os.environ, "HOME": str(self.root / "home"), "TEMPORAL_VERSION_CHECK_DISABLED": "1"}
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
+        cmd = start_dev_command(
+            port=self.port,
+            http_port=free_port(),
+            metrics_port=free_port(),
+            db=None if "--memdb" in self.args else self.root / "temporal.db",
+            dynamic_config=self.dyn,
+            extra=["--log-level", "warn", *(a for a in self.args if a != "--memdb")],
         )
-        log.close()
+        self.proc = popen_server(cmd, self.root / "home", self.root / "server.log")
         print(
             f"# server pid {self.proc.pid} {self.address} dyn={list(self.dyn)} args={list(self.args)}",
             file=sys.stderr,
@@ -120,6 +98,7 @@ class Server:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        forget(self.proc.pid)
         self.proc = None
 
 
@@ -267,15 +246,15 @@ def summarize(samples: list[Sample], title: str) -> None:
     for k in keys:
         vals = [s.hops[k] for s in samples if k in s.hops]
         print(
-            f"| {k} | {len(vals)} | {statistics.median(vals):.1f} | {statistics.fmean(vals):.1f} | {pct(vals, 0.9):.1f} |"
+            f"| {k} | {len(vals)} | {pct(vals, 0.5):.1f} | {statistics.fmean(vals):.1f} | {pct(vals, 0.9):.1f} |"
         )
     tot = [s.total for s in samples]
     rpc = [s.start_rpc for s in samples]
     print(
-        f"| start RPC (client) | {len(rpc)} | {statistics.median(rpc):.1f} | {statistics.fmean(rpc):.1f} | {pct(rpc, 0.9):.1f} |"
+        f"| start RPC (client) | {len(rpc)} | {pct(rpc, 0.5):.1f} | {statistics.fmean(rpc):.1f} | {pct(rpc, 0.9):.1f} |"
     )
     print(
-        f"| TOTAL round trip | {len(tot)} | {statistics.median(tot):.1f} | {statistics.fmean(tot):.1f} | {pct(tot, 0.9):.1f} |"
+        f"| TOTAL round trip | {len(tot)} | {pct(tot, 0.5):.1f} | {statistics.fmean(tot):.1f} | {pct(tot, 0.9):.1f} |"
     )
 
 
@@ -342,7 +321,7 @@ async def main(args: argparse.Namespace) -> None:
                 tot = [s.total for s in results[v.name] if s.eager == eager]
                 if tot:
                     print(
-                        f"| {v.name} | {'eager' if eager else 'plain'} | {len(tot)} | {statistics.median(tot):.1f} | {pct(tot, 0.9):.1f} | {max(tot):.1f} |"
+                        f"| {v.name} | {'eager' if eager else 'plain'} | {len(tot)} | {pct(tot, 0.5):.1f} | {pct(tot, 0.9):.1f} | {max(tot):.1f} |"
                     )
         if args.hops:
             for v in chosen:
