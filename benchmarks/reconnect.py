@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/reconnect.py [--outages 1,10,30] [--rounds 5] [--smoke]
 
 Not a test. Real clock. One bare `temporal server start-dev` (127.0.0.1, free ports, persisted db, HOME in a
-temp dir, the same flags as the runtime's own dev server) that this script SIGKILLs (whole process group)
-and respawns on the same ports and db. Two clients ride the same server lifecycle:
+temp dir, eager workflow start enabled, the server's other defaults; `_common.Server`) that this script
+SIGKILLs (whole process group) and respawns on the same ports and db. Two clients ride the same server
+lifecycle:
 
 * the runtime, in this process: `open_runtime(RuntimeConfig(dev_server=None, connection=ConnectionConfig(
   address=...), workers=[WorkerSpec("rt-q", ...)]))`, all other settings at their defaults;
@@ -385,8 +386,8 @@ def main() -> int:
             else ""
         )
         + ", WorkerSpec defaults; eager start (a local worker serves rt-q). Plain SDK: Client.connect + "
-        "Worker defaults, start_workflow/result defaults (no eager). Server: bare binary with the runtime's "
-        "dev-server flags (eager workflow start enabled), persisted db, SIGKILL of its process group."
+        "Worker defaults, start_workflow/result defaults (no eager). Server: bare binary with eager workflow "
+        "start enabled (the server's other defaults), persisted db, SIGKILL of its process group."
     )
     print(
         "Start of both loops = the respawn; 'ready' = our probe (TCP accept + Client.connect + check_health "

@@ -159,7 +159,7 @@ async def main(rounds: int) -> None:
     ms = {name: [s * 1000 for s in values] for name, values in samples.items()}
     table = Table("ms", "{:.3f}")
     table.row("task raises -> restarted (started() again)", ms["task"])
-    table.row("  floor: bare loop, task raises -> called again", ms["task floor"])
+    table.row("  floor: bare loop, task raises -> started again", ms["task floor"])
     table.ratios("ratio task restart / floor", ms["task"], ms["task floor"])
     table.row("SIGKILL subprocess -> crash detected (ChildExited)", ms["detect"])
     table.row("  floor: bare trio, SIGKILL -> proc.wait() returns", ms["detect floor"])
