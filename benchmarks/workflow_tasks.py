@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,7 @@ async def main(args: argparse.Namespace, hogs: list[subprocess.Popen[bytes]]) ->
                     nursery.start_soon(one, workflow_id)
     finally:
         stop_hogs(hogs)
+        shutil.rmtree(state, ignore_errors=True)  # the runtime has stopped its dev server by now
     result = analyse(histories)
     require({"round trip": round_trips, **result}, "round trip", "normal", "processing")
     print(
