@@ -13,8 +13,8 @@ import struct
 
 import trio
 
-from ._config import is_loopback
-from ._errors import ConfigError
+from ._core._config import is_loopback
+from ._core._errors import ConfigError
 
 __all__ = ["FaultProxy"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stigmer_trio import __version__
-from stigmer_trio._statefiles import FileLock, PidRecord, write_pid_file
+from stigmer_trio._boundary._statefiles import FileLock, PidRecord, write_pid_file
 
 pytestmark = pytest.mark.integration
 

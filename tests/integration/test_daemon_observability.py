@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_daemon import RECOVERY, Identity, Stack, clean_env, wait_for
 
-from stigmer_trio._logs import RotatingLog, RotatingStreamHandler
+from stigmer_trio._observe._logfiles import RotatingLog, RotatingStreamHandler
 
 pytestmark = pytest.mark.integration
 
@@ -250,7 +250,7 @@ class TestShowLog:
         import io
         import threading
 
-        from stigmer_trio._logs import show_log
+        from stigmer_trio._observe._logfiles import show_log
 
         path = tmp_path / "daemon.log"
         path.write_bytes(b"one\n")
@@ -280,7 +280,7 @@ class TestShowLog:
         """lines=N: only the last N lines; a missing file without follow is False."""
         import io
 
-        from stigmer_trio._logs import show_log
+        from stigmer_trio._observe._logfiles import show_log
 
         path = tmp_path / "daemon.log"
         path.write_bytes(b"a\nb\nc\n")

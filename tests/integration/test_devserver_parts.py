@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from stigmer_trio._devserver import RotatingLog, _last_error_line, check_port_free, find_binary, free_port
-from stigmer_trio._errors import DevServerError, PortInUse
+from stigmer_trio._core._errors import DevServerError, PortInUse
+from stigmer_trio._observe._logfiles import RotatingLog
+from stigmer_trio._tree._serve_devserver import _last_error_line, check_port_free, find_binary, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +110,62 @@ class TestErrorLine:
     def test_no_output(self) -> None:
         """Nothing written at all is said plainly."""
         assert "(no output)" == _last_error_line("")
+
+
+class TestSpawnedServer:
+    async def test_first_lifetime_serves_the_spawned_server(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """DevServer(spawned=...) serves a server started before it (no spawn, no lock of its own): it is
+        ready like one it spawned, and its exit ends the lifetime with the exit code."""
+        from typing import Any
+
+        import psutil
+        import trio
+
+        from stigmer_trio import DevServerConfig, ServerExited, ServerReady
+        from stigmer_trio._boundary import _temporal as bridge
+        from stigmer_trio._boundary._process import ProcessIdentity
+        from stigmer_trio._tree._serve_devserver import DevServer, Launch, ServerInfo
+
+        async def connect(*args: Any, **kwargs: Any) -> str:
+            return "client"
+
+        async def probe(*args: Any, **kwargs: Any) -> None:
+            pass
+
+        monkeypatch.setattr(bridge, "connect", connect)
+        monkeypatch.setattr(bridge, "probe", probe)
+        port = free_port()
+        with socket.socket() as listener:  # what answers the readiness check's TCP connect
+            listener.bind(("127.0.0.1", port))
+            listener.listen()
+            proc = await trio.lowlevel.open_process(["sleep", "30"], start_new_session=True)
+            try:
+                identity = ProcessIdentity(proc.pid, psutil.Process(proc.pid).create_time(), ("sleep", "30"))
+                events: list[Any] = []
+                ports = {"grpc": port, "http": 1, "metrics": 2}
+                server = DevServer(
+                    DevServerConfig(port=port),
+                    tmp_path,
+                    on_event=events.append,
+                    spawned=Launch(proc, identity, ports),
+                )
+                started: list[ServerInfo] = []
+
+                class Started:
+                    def started(self, value: ServerInfo) -> None:
+                        started.append(value)
+                        proc.kill()  # the spawned server dies once it was served
+
+                with trio.fail_after(10), pytest.raises(DevServerError, match="exited with code -9"):
+                    await server.serve(task_status=Started())  # type: ignore[arg-type]
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
+        assert [(proc.pid, False)] == [(info.pid, info.adopted) for info in started]
+        assert [ServerReady, ServerExited] == [type(e) for e in events]
+        assert -9 == events[1].returncode
+        assert not (tmp_path / "devserver.json").exists()
+        assert not (tmp_path / "devserver.lock").exists()  # it took no lock: the spawner holds it

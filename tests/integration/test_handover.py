@@ -109,6 +109,6 @@ class TestDuplicateStarts:
 class TestWorkflowTaskTimeout:
     def test_runtime_default_is_applied(self, handover: Steps) -> None:
         """A start through the runtime gets ConnectionConfig.workflow_task_timeout; an explicit one wins."""
-        from stigmer_trio._config import WORKFLOW_TASK_TIMEOUT
+        from stigmer_trio._core._config import WORKFLOW_TASK_TIMEOUT
 
         assert {"default": WORKFLOW_TASK_TIMEOUT, "explicit": 7.0} == handover["first"]["task_timeouts"]

@@ -20,8 +20,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stigmer_trio._config import HttpConfig
-from stigmer_trio._http import ControlApp, HttpPortInUse, HttpServer
+from stigmer_trio._core._config import HttpConfig
+from stigmer_trio._tree._serve_http import ControlApp, HttpPortInUse, HttpServer
 
 pytestmark = pytest.mark.integration
 
@@ -282,12 +282,13 @@ class TestHostileClients:
 
 def test_allow_remote_prints_a_warning(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """`--http 0.0.0.0:0 --http-allow-remote`: accepted, with a warning that names the host (no bind here)."""
-    from stigmer_trio import _cli
+    from stigmer_trio._cli._main import build_parser
+    from stigmer_trio._cli._settings import Settings, full_config
 
-    args = _cli._parser().parse_args(
+    args = build_parser().parse_args(
         ["up", "--state-dir", str(tmp_path), "--http", "0.0.0.0:0", "--http-allow-remote"]
     )
-    config = _cli._full_config(args, {}, {}, tmp_path)
+    config = full_config(Settings.gather(args, {}, {}, tmp_path))
     assert HttpConfig(host="0.0.0.0", port=0, allow_remote=True) == config.http
     warning = capsys.readouterr().err
     assert "warning" in warning

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pytest
 from test_daemon import Identity, Stack, clean_env, wait_for
 
-from stigmer_trio._statefiles import lock_is_held
+from stigmer_trio._boundary._statefiles import lock_is_held
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,8 @@ import psutil
 import pytest
 import trio
 
-from stigmer_trio import _process
-from stigmer_trio._errors import ConfigError, IdentityMismatch
-from stigmer_trio._process import (
+from stigmer_trio._boundary import _process
+from stigmer_trio._boundary._process import (
     ProcessIdentity,
     StopOutcome,
     Verdict,
@@ -27,7 +26,8 @@ from stigmer_trio._process import (
     stop_process_group_async,
     verify,
 )
-from stigmer_trio._statefiles import PidRecord
+from stigmer_trio._boundary._statefiles import PidRecord
+from stigmer_trio._core._errors import ConfigError, IdentityMismatch
 
 pytestmark = pytest.mark.integration
 

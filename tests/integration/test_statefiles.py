@@ -17,8 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stigmer_trio._errors import ConfigError, StateFileError
-from stigmer_trio._statefiles import (
+from stigmer_trio._boundary._statefiles import (
     FileLock,
     PidRecord,
     ensure_state_dir,
@@ -27,13 +26,14 @@ from stigmer_trio._statefiles import (
     remove_pid_file,
     write_pid_file,
 )
+from stigmer_trio._core._errors import ConfigError, StateFileError
 
 pytestmark = pytest.mark.integration
 
 # Waits for "go" on stdin, tries the lock once, reports, and holds it until stdin closes.
 _RACER = """
 import sys
-from stigmer_trio._statefiles import FileLock
+from stigmer_trio._boundary._statefiles import FileLock
 lock = FileLock(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -44,7 +44,7 @@ sys.stdin.read()
 # Takes the lock at once and holds it until stdin closes (or it is killed).
 _HOLDER = """
 import sys
-from stigmer_trio._statefiles import FileLock
+from stigmer_trio._boundary._statefiles import FileLock
 lock = FileLock(sys.argv[1])
 print("WON" if lock.acquire() else "HELD", flush=True)
 sys.stdin.read()

@@ -22,11 +22,12 @@ from stigmer_trio import (
     TemporalUnavailable,
     WorkerSpec,
 )
-from stigmer_trio import _connection as connection_module
-from stigmer_trio import _temporal as bridge
-from stigmer_trio._connection import ConnectionCell, serve_connection
-from stigmer_trio._hub import EventHub
-from stigmer_trio._worker import WorkerFailed, WorkerStatus, serve_worker
+from stigmer_trio._boundary import _temporal as bridge
+from stigmer_trio._tree import _serve_connection as connection_module
+from stigmer_trio._tree._cell import ConnectionCell
+from stigmer_trio._tree._hub import EventHub
+from stigmer_trio._tree._serve_connection import serve_connection
+from stigmer_trio._tree._serve_worker import WorkerFailed, WorkerStatus, serve_worker
 
 POLICY = RestartPolicy(
     initial_delay=0.05, backoff=0.05, multiplier=2.0, max_delay=2.0, jitter=0.0, max_restarts=None

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from stigmer_trio._http import ControlApp
+from stigmer_trio._tree._serve_http import ControlApp
 
 READY = {"ready": True, "connection": {"state": "connected", "epoch": 1}, "workers": []}
 NOT_READY = {

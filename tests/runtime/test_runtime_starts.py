@@ -25,14 +25,11 @@ from stigmer_trio import (
     WorkerSpec,
     WorkflowAlreadyStarted,
 )
-from stigmer_trio import _temporal as bridge
-from stigmer_trio._config import STICKY_TIMEOUT, WORKFLOW_TASK_TIMEOUT
-from stigmer_trio._connection import ConnectionCell
-from stigmer_trio._hub import EventHub
-from stigmer_trio._metrics import Metrics
+from stigmer_trio._boundary import _temporal as bridge
+from stigmer_trio._core._config import STICKY_TIMEOUT, WORKFLOW_TASK_TIMEOUT
 from stigmer_trio._runtime import Runtime
-from stigmer_trio._supervisor import Supervisor
-from stigmer_trio._worker import WorkerStatus
+from stigmer_trio._tree._build import build_tree
+from stigmer_trio._tree._cell import ConnectionCell
 
 
 @attrs.define
@@ -62,14 +59,15 @@ def starts(monkeypatch: pytest.MonkeyPatch) -> FakeStarts:
 def make_runtime(tmp_path: Path, **connection: Any) -> tuple[Runtime, ConnectionCell, list[str]]:
     """A Runtime over a connection cell the test drives by hand (no children run); the pokes it got."""
     config = RuntimeConfig(
-        state_dir=tmp_path, dev_server=None, connection=ConnectionConfig(address="127.0.0.1:1", **connection)
+        state_dir=tmp_path,
+        dev_server=None,
+        connection=ConnectionConfig(address="127.0.0.1:1", **connection),
+        workers=[WorkerSpec("q")],
     )
-    hub = EventHub()
-    cell = ConnectionCell(emit=hub.emit)
+    tree = build_tree(config)
     pokes: list[str] = []
-    cell.poke = pokes.append  # type: ignore[method-assign]
-    runtime = Runtime(config, hub, cell, Supervisor([]), None, {"q": WorkerStatus("q")}, Metrics())
-    return runtime, cell, pokes
+    tree.cell.poke = pokes.append  # type: ignore[method-assign, assignment]
+    return Runtime(tree), tree.cell, pokes
 
 
 class TestStartErrors:
@@ -282,20 +280,56 @@ class FakeStack:
         self.stops[worker].set()
 
 
+def patch_stack(monkeypatch: pytest.MonkeyPatch, fake: FakeStack) -> None:
+    """The bridge (and the connection's TCP probe) replaced by `fake`."""
+    from stigmer_trio._tree import _serve_connection as connection_module
+
+    for name in ("connect", "check_health", "describe_namespace", "make_worker", "run_worker",
+                 "shutdown_worker"):  # fmt: skip
+        monkeypatch.setattr(bridge, name, getattr(fake, name))
+    monkeypatch.setattr(connection_module, "_tcp_accepts", fake.tcp_accepts)
+
+
 class TestGracefulStop:
+    async def test_shutdown_timeout_bounds_leaving_open_runtime(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """RuntimeConfig.shutdown_timeout is the root shutdown deadline: a Worker whose shutdown ignores
+        cancellation (its own budget: 60 + 2 s) holds up leaving open_runtime for exactly 3 s; it and
+        the children not yet stopped at the deadline are abandoned (their cleanup goes on)."""
+        from stigmer_trio import ChildAbandoned, open_runtime
+
+        fake = FakeStack()
+        patch_stack(monkeypatch, fake)
+
+        async def shutdown_hangs(worker: int) -> None:
+            await trio.sleep_forever()  # inside the worker's shielded cleanup: only its own 61 s bound
+
+        monkeypatch.setattr(bridge, "shutdown_worker", shutdown_hangs)
+        events: list[Any] = []
+        config = RuntimeConfig(
+            state_dir=tmp_path,
+            dev_server=None,
+            connection=ConnectionConfig(address="127.0.0.1:1"),
+            workers=[WorkerSpec("a", graceful_shutdown_timeout=60.0)],
+            shutdown_timeout=3.0,
+        )
+        async with open_runtime(config, hooks=(events.append,)) as rt:
+            await rt.wait_ready()
+            left_at = trio.current_time()
+        assert 3.0 == trio.current_time() - left_at
+        abandoned = [ChildAbandoned("worker:a", "runtime", 3.0), ChildAbandoned("connection", "runtime", 0.0)]
+        assert abandoned == [e for e in events if isinstance(e, ChildAbandoned)]
+
     async def test_workers_shut_down_before_the_connection_closes(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Leaving open_runtime: every Worker.shutdown() (which sends ShutdownWorker, releasing its sticky
         queue) runs while the connection is still CONNECTED; the connection closes after."""
-        from stigmer_trio import _connection as connection_module
         from stigmer_trio import open_runtime
 
         fake = FakeStack()
-        for name in ("connect", "check_health", "describe_namespace", "make_worker", "run_worker",
-                     "shutdown_worker"):  # fmt: skip
-            monkeypatch.setattr(bridge, name, getattr(fake, name))
-        monkeypatch.setattr(connection_module, "_tcp_accepts", fake.tcp_accepts)
+        patch_stack(monkeypatch, fake)
 
         def record(event: Any) -> None:
             if type(event).__name__ == "ConnectionStateChanged" and event.new == "closed":

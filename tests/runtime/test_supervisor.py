@@ -226,8 +226,9 @@ class TestBackoffAndLimit:
         assert [1, 2, 3, 1, 2] == [e.attempt for e in scheduled]
         assert [0.25, 1.0, 2.0, 0.25, 1.0] == [e.delay for e in scheduled]
 
-
-    async def test_stable_counts_from_ready_not_from_spawn(self, autojump_clock: trio.testing.MockClock) -> None:
+    async def test_stable_counts_from_ready_not_from_spawn(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
         """reset_after is time spent ready: a slow boot that then dies soon, or a boot that never
         becomes ready however long it tries, keeps escalating; ready for reset_after resets."""
         log = Log()
@@ -249,6 +250,7 @@ class TestBackoffAndLimit:
         # ready 1 s: 1; never ready (20 s): 2; ready 10 s: reset to 1; ready 9.5 s after a 12 s boot: 2;
         # failed at once: 3
         assert [1, 2, 1, 2, 3] == [e.attempt for e in log.of(ChildRestartScheduled)]
+
     async def test_jitter_comes_from_the_given_rng(self, autojump_clock: trio.testing.MockClock) -> None:
         """Delays are jittered with the supervisor's rng, reproducibly."""
         log = Log()
@@ -544,6 +546,42 @@ class TestShutdown:
         assert [ChildAbandoned("stubborn", "supervisor", 2)] == log.of(ChildAbandoned)
         assert [7] == log.times("a", "stop")
         assert [ChildState.STOPPED, ChildState.ABANDONED] == [s.state for s in sup.snapshot()]
+
+    async def test_shutdown_timeout_bounds_the_whole_stop(
+        self, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Supervisor(shutdown_timeout=3): the stop of all children ends 3 s after the cancellation; a
+        child gets the smaller of its own budget and what is left, and is abandoned past it."""
+        log = Log()
+
+        def slow_stop(name: str, cleanup: float) -> ChildFn:
+            async def fn(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    with trio.CancelScope(shield=True):  # a cleanup that ignores cancellation
+                        await trio.sleep(cleanup)
+                        log.note(name, "cleaned")
+
+            return fn
+
+        sup = Supervisor(
+            [ChildSpec("a", slow_stop("a", 6), shutdown_timeout=10),
+             ChildSpec("b", slow_stop("b", 2), shutdown_timeout=10)],
+            policy=STEADY, on_event=log, shutdown_timeout=3,
+        )  # fmt: skip
+        await serve_for(sup, 5)
+        assert 8 == trio.current_time()
+        assert [7] == log.times("b", "cleaned")  # stopped in reverse order: b first, within budget
+        assert [ChildAbandoned("a", "supervisor", 1.0)] == log.of(ChildAbandoned)
+        assert [ChildState.ABANDONED, ChildState.STOPPED] == [s.state for s in sup.snapshot()]
+
+    def test_shutdown_timeout_is_validated(self) -> None:
+        """A negative or infinite shutdown_timeout is a ConfigError naming it."""
+        for bad in (-1, math.inf):
+            with pytest.raises(ConfigError, match="shutdown_timeout"):
+                Supervisor([], shutdown_timeout=bad)
 
     async def test_keyboard_interrupt_is_never_retried(self, autojump_clock: trio.testing.MockClock) -> None:
         """A child raising KeyboardInterrupt stops the others and the interrupt propagates."""

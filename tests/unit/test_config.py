@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from stigmer_trio import ConfigError, RestartPolicy
-from stigmer_trio._config import DEFAULT_DEVSERVER_POLICY, DevServerConfig, RuntimeConfig, resolve
-from stigmer_trio._statefiles import default_state_dir
+from stigmer_trio._core._config import DEFAULT_DEVSERVER_POLICY, DevServerConfig, RuntimeConfig, resolve
+from stigmer_trio._core._layout import default_state_dir
 
 ENV = {"HOME": "/home/u"}
 
@@ -184,9 +184,10 @@ class TestErrors:
 
 
 def test_cli_signal_numbers_match_the_daemon() -> None:
-    """The CLI names the handover and stop signals by number (its hot paths do not import signal)."""
+    """The daemon names the handover and stop signals by number (the CLI's hot paths import it, and not
+    signal): SIGUSR1 and SIGTERM."""
     import signal
 
-    from stigmer_trio import _cli, _runtime
+    from stigmer_trio import _daemon
 
-    assert (_runtime.HANDOVER_SIGNAL, signal.SIGTERM) == (_cli.HANDOVER_SIGNAL, _cli.SIGTERM)
+    assert (signal.SIGUSR1, signal.SIGTERM) == (_daemon.HANDOVER_SIGNAL, _daemon.SIGTERM)

@@ -12,9 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stigmer_trio import ConfigError
-from stigmer_trio._config import HttpConfig, parse_http, resolve
-from stigmer_trio._errors import RestartLimitExceeded
-from stigmer_trio._events import (
+from stigmer_trio._core._config import HttpConfig, parse_http, resolve
+from stigmer_trio._core._events import (
     ChildAbandoned,
     ChildExited,
     ChildRestartScheduled,
@@ -22,13 +21,14 @@ from stigmer_trio._events import (
     ConnectionStateChanged,
     FailFastRejected,
     HealthChecked,
+    RestartLimitExceeded,
     ServerExited,
     ServerReady,
     WorkerStateChanged,
 )
-from stigmer_trio._http import readiness
-from stigmer_trio._logs import EventLog, JsonFormatter, describe, event_fields
-from stigmer_trio._metrics import Metrics
+from stigmer_trio._observe._logs import EventLog, JsonFormatter, describe, event_fields
+from stigmer_trio._observe._metrics import Metrics
+from stigmer_trio._tree._serve_http import readiness
 
 
 class FakeClock:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stigmer_trio import ConfigError, RestartPolicy, RestartRecord, StigmerError
-from stigmer_trio._policy import RestartHistory, next_attempt
+from stigmer_trio._core._policy import RestartHistory, next_attempt
 
 EXACT = RestartPolicy(initial_delay=0.5, backoff=1.0, multiplier=2.0, max_delay=4.0, jitter=0.0)
 

@@ -22,7 +22,7 @@ from stigmer_trio import (
     WorkerSpec,
     WorkflowAlreadyStarted,
 )
-from stigmer_trio._config import STICKY_TIMEOUT, WORKFLOW_TASK_TIMEOUT
+from stigmer_trio._core._config import STICKY_TIMEOUT, WORKFLOW_TASK_TIMEOUT
 
 
 class TestStickyTimeout:
@@ -98,7 +98,7 @@ def restore_loggers() -> Iterator[None]:
 class TestDaemonLogging:
     def test_temporalio_warning_in_text(self, restore_loggers: None) -> None:
         """A warning of "temporalio.core" comes out with time, level and logger, like our own lines."""
-        from stigmer_trio._runtime import configure_logging
+        from stigmer_trio._daemon import configure_logging
 
         stream = io.StringIO()
         configure_logging(stream, log_format="text")
@@ -111,7 +111,7 @@ class TestDaemonLogging:
 
     def test_temporalio_warning_in_json(self, restore_loggers: None) -> None:
         """In JSON, a temporalio warning is one object with ts, level, logger and message."""
-        from stigmer_trio._runtime import configure_logging
+        from stigmer_trio._daemon import configure_logging
 
         stream = io.StringIO()
         configure_logging(stream, log_format="json")
@@ -123,7 +123,7 @@ class TestDaemonLogging:
 
     def test_temporalio_info_is_not_logged(self, restore_loggers: None) -> None:
         """temporalio's INFO lines (every Worker shutdown) stay out; they do not reach lastResort either."""
-        from stigmer_trio._runtime import configure_logging
+        from stigmer_trio._daemon import configure_logging
 
         stream = io.StringIO()
         configure_logging(stream)

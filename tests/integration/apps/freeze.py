@@ -24,8 +24,8 @@ from child import child_main, report
 from workflows import Greet, Nap, greet
 
 import stigmer_trio as st
-from stigmer_trio._process import Verdict, verify
-from stigmer_trio._statefiles import read_pid_file
+from stigmer_trio._boundary._process import Verdict, verify
+from stigmer_trio._boundary._statefiles import read_pid_file
 
 QUEUE = "freeze-q"
 SETTLE = 3.0  # seconds watched after the new epoch: no further epoch may follow

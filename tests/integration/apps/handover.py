@@ -232,7 +232,7 @@ async def main_scenario(state_dir: Path, port: int) -> None:
 
 
 def daemon(state_dir: Path, port: int, sticky: float) -> int:
-    from stigmer_trio._runtime import daemon_main
+    from stigmer_trio._daemon import daemon_main
 
     config = external_config(state_dir, port, [spec(sticky)], health_interval=0.2)
 

@@ -18,7 +18,7 @@ from typing import Any, Final, TypeAlias
 import attrs
 import psutil
 
-from ._errors import ConfigError, IdentityMismatch, ProcessStopTimeout
+from .._core._errors import ConfigError, IdentityMismatch, ProcessStopTimeout
 from ._statefiles import PidRecord
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Verdict",
     "identity_of",
     "live_identity",
+    "signal_verified",
     "stop_process_group",
     "stop_process_group_async",
     "verify",
@@ -154,6 +155,35 @@ def live_identity(record: PidRecord) -> tuple[ProcessIdentity, Verdict]:
             return before_exec, Verdict.SAME
         verdict = verify(recorded)  # the exec may have happened between the two checks
     return recorded, verdict
+
+
+def signal_verified(identity: ProcessIdentity | PidRecord, sig: int, *, wait: float = 0.0) -> bool:
+    """Send `sig` to the one process `identity` names, then wait up to `wait` seconds for it to exit.
+
+    The pidfd is opened first and the identity verified while it pins the process, so a reused pid is
+    never signalled. True if the process has exited (or was gone already); False if it still runs after
+    `wait`. Raises IdentityMismatch, sending nothing, if the pid is alive but not provably that process.
+    """
+    expected = _as_identity(identity)
+    try:
+        pidfd = os.pidfd_open(expected.pid)
+    except ProcessLookupError:
+        return True
+    try:
+        verdict = verify(expected)
+        if verdict is Verdict.DEAD or _is_readable(pidfd):
+            return True
+        if verdict is not Verdict.SAME:
+            raise IdentityMismatch(
+                f"refusing to signal pid {expected.pid}: verdict {verdict.name}; no signal was sent"
+            )
+        try:
+            signal.pidfd_send_signal(pidfd, sig)
+        except ProcessLookupError:
+            return True
+        return _wait_readable((pidfd,), _check_timeout("wait", wait))
+    finally:
+        os.close(pidfd)
 
 
 class StopOutcome(enum.Enum):

@@ -1,6 +1,6 @@
-# The `http` child: a loopback control endpoint (/healthz /readyz /status /metrics) served by hypercorn's
-# Trio server with a small ASGI app. No HTTP parsing here: hypercorn (h11) does it, and bounds each
-# connection (idle keep-alive and read timeouts, a cap on incomplete request heads), so a slow or broken
+# The `http` child (HttpServer.serve): a loopback control endpoint (/healthz /readyz /status /metrics) served
+# by hypercorn's Trio server with a small ASGI app. No HTTP parsing here: hypercorn (h11) does it, and bounds
+# each connection (idle keep-alive and read timeouts, a cap on incomplete request heads), so a slow or broken
 # client only ever costs its own connection task. Must never: block the trio loop in a handler, or let a
 # handler's exception reach the supervision tree (hypercorn answers 500 and logs it).
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 
 import trio
 
-from ._config import HttpConfig, is_loopback
-from ._errors import StigmerError
+from .._core._config import HttpConfig, is_loopback
+from .._core._errors import StigmerError
+from .._core._events import ConnectionState
 
 __all__ = ["ControlApp", "HttpPortInUse", "HttpServer", "readiness"]
 
@@ -42,7 +43,7 @@ def readiness(status: dict[str, Any]) -> tuple[bool, str]:
         return True, "ready"
     reasons = []
     connection = status.get("connection") or {}
-    if connection.get("state") != "connected":
+    if connection.get("state") != ConnectionState.CONNECTED:
         why = f": {connection['last_error']}" if connection.get("last_error") else ""
         reasons.append(f"connection {connection.get('state')}{why}")
     for worker in status.get("workers") or []:
@@ -126,9 +127,10 @@ class HttpServer:
     """One endpoint across restarts of its child: the first lifetime uses the socket bound up front (so a
     busy port fails the start, not a later restart); later lifetimes bind the same port again."""
 
-    def __init__(self, config: HttpConfig, app: ControlApp | None = None) -> None:
+    def __init__(self, config: HttpConfig, app: ControlApp) -> None:
+        """Binds now: a busy port raises HttpPortInUse here, before anything starts."""
         self.config = config
-        self.app = app  # may be set after binding, before serve()
+        self.app = app
         self._socket: socket.socket | None = bind_socket(config.host, config.port)
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://{config.bind.rsplit(':', 1)[0]}:{self.port}"
@@ -152,11 +154,9 @@ class HttpServer:
         from hypercorn.config import Config
         from hypercorn.trio.tcp_server import TCPServer
         from hypercorn.trio.worker_context import WorkerContext
-        from hypercorn.typing import ConnectionState
+        from hypercorn.typing import ConnectionState as HypercornState
         from hypercorn.utils import wrap_app
 
-        if self.app is None:
-            raise RuntimeError("HttpServer.serve() needs its app")
         sock, self._socket = self._socket, None
         if sock is None:
             sock = bind_socket(self.config.host, self.port)
@@ -172,7 +172,7 @@ class HttpServer:
 
         async def connection(stream: trio.SocketStream) -> None:
             try:
-                await TCPServer(app, config, context, ConnectionState({}), stream)  # type: ignore[arg-type]
+                await TCPServer(app, config, context, HypercornState({}), stream)  # type: ignore[arg-type]
             except* Exception as group:  # a broken client: its connection ends, the endpoint serves on
                 logger.debug("http connection ended by %r", group.exceptions[0])
 

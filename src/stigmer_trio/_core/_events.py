@@ -1,29 +1,96 @@
 # Event records: frozen, pure data. Every part of the runtime reports what happened by handing one of
 # these to an event hook; logging, metrics, Runtime.events() and the benchmarks all consume the same
-# records, so nobody ever parses a log line. No trio, no I/O here.
+# records, so nobody ever parses a log line. Also the values the records carry: ConnectionState and
+# RestartRecord, and RestartLimitExceeded (an exception that is also a record). No trio, no I/O here.
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import TypeAlias
 
 import attrs
 
-from ._errors import RestartLimitExceeded
+from ._errors import StigmerError
 
 __all__ = [
     "ChildAbandoned",
     "ChildExited",
     "ChildRestartScheduled",
     "ChildStarted",
+    "ConnectionState",
     "ConnectionStateChanged",
     "Event",
     "EventHook",
     "FailFastRejected",
     "HealthChecked",
+    "RestartLimitExceeded",
+    "RestartRecord",
     "ServerExited",
     "ServerReady",
     "WorkerStateChanged",
 ]
+
+
+class ConnectionState(str, enum.Enum):  # noqa: UP042 -- str() and format() stay "ConnectionState.X"
+    """The Temporal connection's state. A str subclass: a state equals its value (``== "connected"``)."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class RestartRecord:
+    """One restart decision: which child, at what time, which attempt, after what delay."""
+
+    child: str
+    at: float
+    attempt: int
+    delay: float
+
+
+class RestartLimitExceeded(StigmerError):
+    """A supervisor gave up: more than `max_restarts` restarts within `window` seconds.
+
+    It is both the exception a supervisor raises to its parent (with the child's last exception as
+    ``__cause__``) and the event record it emits just before. A plain class rather than attrs: an
+    exception's constructor and pickling do not mix with attrs' frozen slots.
+    """
+
+    __slots__ = ("child", "error", "history", "restarts", "supervisor", "window")
+
+    def __init__(
+        self,
+        *,
+        supervisor: str,
+        child: str,
+        restarts: int,
+        window: float | None,
+        history: tuple[RestartRecord, ...] = (),
+        error: BaseException | None = None,
+    ) -> None:
+        super().__init__(supervisor, child, restarts)
+        self.supervisor = supervisor
+        self.child = child
+        self.restarts = restarts
+        self.window = window
+        self.history = history
+        self.error = error
+
+    def __repr__(self) -> str:
+        return (
+            f"RestartLimitExceeded(supervisor={self.supervisor!r}, child={self.child!r}, "
+            f"restarts={self.restarts!r}, window={self.window!r}, error={self.error!r})"
+        )
+
+    def __str__(self) -> str:
+        why = f"{type(self.error).__name__}: {self.error}" if self.error is not None else "it returned"
+        within = f" within {self.window:g} s" if self.window is not None else ""
+        return (
+            f"supervisor {self.supervisor!r} gave up on child {self.child!r} after "
+            f"{self.restarts} restarts{within}; last exit: {why}"
+        )
 
 
 @attrs.frozen
@@ -97,10 +164,11 @@ class ServerExited:
 
 @attrs.frozen
 class ConnectionStateChanged:
-    """The Temporal connection moved from `old` to `new` (ConnectionState values as strings)."""
+    """The Temporal connection moved from `old` to `new` (ConnectionStates; a plain string value is
+    converted, and a state equals its value: ``event.new == "connected"``)."""
 
-    old: str
-    new: str
+    old: ConnectionState = attrs.field(converter=ConnectionState)
+    new: ConnectionState = attrs.field(converter=ConnectionState)
     reason: str
     epoch: int
 

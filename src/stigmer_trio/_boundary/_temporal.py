@@ -1,8 +1,10 @@
-# The bridge to temporalio. Rule: the ONLY module that imports temporalio. temporalio is asyncio-only;
-# everything here runs it through trio-asyncio (the caller opened `trio_asyncio.open_loop()` in the
-# root nursery) and bounds every call with a Trio deadline of our own: the SDK waits 30 s against a
-# hung server. Foreign exceptions stop here: callers only ever see TemporalUnavailable (and, for a
-# refused start, WorkflowAlreadyStarted).
+# The bridge to temporalio. Rule: the ONLY module that imports temporalio's client, worker and service
+# API (the demo's workflow definitions, which the workflow sandbox re-imports, are in _demo). temporalio
+# is asyncio-only; everything here runs it through trio-asyncio (the caller opened
+# `trio_asyncio.open_loop()` in the root nursery) and bounds every call with a Trio deadline of our own:
+# the SDK waits 30 s against a hung server. Foreign exceptions stop here: callers only ever see
+# TemporalUnavailable (and, for a refused start, WorkflowAlreadyStarted). One plain asyncio function,
+# `run_demo_client`, serves the CLI's `demo` (a separate process, no Trio loop).
 from __future__ import annotations
 
 import asyncio
@@ -22,21 +24,23 @@ from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, Tele
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from ._errors import TemporalUnavailable, WorkflowAlreadyStarted
-from ._temporal_types import _NO_ARG
+from .._core._errors import TemporalUnavailable, WorkflowAlreadyStarted
+from .._core._names import DEMO_TASK_QUEUE, NO_ARG
 
 if TYPE_CHECKING:
-    from ._config import WorkerSpec
+    from .._core._config import WorkerSpec
 
 __all__ = [
     "Client",
     "Worker",
+    "WorkflowHandle",
     "check_health",
     "connect",
     "describe_namespace",
     "make_worker",
     "probe",
     "run_asyncio",
+    "run_demo_client",
     "run_worker",
     "shutdown_worker",
     "start_workflow",
@@ -155,7 +159,7 @@ async def start_workflow(
     TemporalUnavailable(maybe_started=True) when the request met a down server or its timeout;
     WorkflowAlreadyStarted when the id is taken (by the id conflict / reuse policies).
     """
-    args = () if arg is _NO_ARG else (arg,)
+    args = () if arg is NO_ARG else (arg,)
     options = {"rpc_timeout": timedelta(seconds=timeout), "request_eager_start": eager, **kwargs}
     call = functools.partial(client.start_workflow, workflow, *args, id=id, task_queue=task_queue, **options)
     try:
@@ -226,3 +230,25 @@ async def run_worker(worker: Worker) -> None:
 
 async def shutdown_worker(worker: Worker) -> None:
     await trio_asyncio.aio_as_trio(worker.shutdown)()
+
+
+def run_demo_client(address: str, namespace: str, name: str) -> tuple[str, float]:
+    """The CLI's `demo`: run the demo workflow through a plain asyncio client (a process of its own, no
+    Trio loop); its result and the round trip in seconds. The SDK's exceptions pass through."""
+    import time
+    import uuid
+
+    from ._demo import StigmerDemo
+
+    async def main() -> tuple[str, float]:
+        client = await asyncio.wait_for(Client.connect(address, namespace=namespace), 10)
+        began = time.perf_counter()
+        result = await asyncio.wait_for(
+            client.execute_workflow(
+                StigmerDemo.run, name, id=f"stigmer-demo-{uuid.uuid4()}", task_queue=DEMO_TASK_QUEUE
+            ),
+            30,
+        )
+        return result, time.perf_counter() - began
+
+    return asyncio.run(main())

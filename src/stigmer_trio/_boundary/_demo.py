@@ -1,6 +1,7 @@
 # The built-in demo: a workflow and an activity the daemon's demo worker serves, so that a new user sees
 # the stack work with `python -m stigmer_trio up` then `python -m stigmer_trio demo`. Rule: no trio
-# import here (the workflow sandbox re-imports this module).
+# import here, and nothing but temporalio's workflow-authoring API (the workflow sandbox re-imports this
+# module); the demo's client is _temporal.run_demo_client.
 from __future__ import annotations
 
 import os
@@ -9,7 +10,9 @@ from datetime import timedelta
 
 from temporalio import activity, workflow
 
-DEMO_TASK_QUEUE = "stigmer-trio-demo"
+from .._core._names import DEMO_TASK_QUEUE
+
+__all__ = ["DEMO_TASK_QUEUE", "StigmerDemo", "greet"]
 
 
 @activity.defn(name="stigmer_demo_greet")

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 
-from ._errors import ConfigError, StateFileError
+from .._core._errors import ConfigError, StateFileError
 
 TYPE_CHECKING = False  # typing is not imported at run time: the CLI's hot paths stay lean
 if TYPE_CHECKING:
@@ -55,15 +55,6 @@ def _chmod_created_dir(directory: Path, created: Path) -> None:
             os.close(fd)
     except OSError as exc:
         raise ConfigError(f"state_dir {str(directory)!r} cannot be created: {exc}") from exc
-
-
-def default_state_dir(env: Mapping[str, str]) -> Path:
-    """$XDG_STATE_HOME/stigmer_trio, else ~/.local/state/stigmer_trio."""
-    xdg = env.get("XDG_STATE_HOME")
-    if xdg and Path(xdg).is_absolute():
-        return Path(xdg) / "stigmer_trio"
-    home = env.get("HOME") or str(Path.home())
-    return Path(home) / ".local" / "state" / "stigmer_trio"
 
 
 def ensure_state_dir(path: _StrPath) -> Path:

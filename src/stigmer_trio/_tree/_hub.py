@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import trio
 
-from ._events import Event, EventHook
+from .._core._events import Event, EventHook
 
 __all__ = ["EventHub", "Subscription"]
 

@@ -13,8 +13,9 @@ from typing import Any
 import attrs
 
 from ._errors import ConfigError
+from ._layout import default_state_dir
+from ._names import DEMO_TASK_QUEUE
 from ._policy import RestartPolicy
-from ._statefiles import default_state_dir
 
 __all__ = [
     "ConnectionConfig",
@@ -385,6 +386,14 @@ class RuntimeConfig:
     def _check_http(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and not isinstance(value, HttpConfig):
             raise ConfigError(f"http must be an HttpConfig or None, got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        queues = [spec.task_queue for spec in self.workers if isinstance(spec, WorkerSpec)]
+        if self.demo_worker:
+            queues.append(DEMO_TASK_QUEUE)
+        for index, queue in enumerate(queues):
+            if queue in queues[:index]:
+                raise ConfigError(f"workers: two WorkerSpecs for task queue {queue!r}")
 
     def effective_connection(self) -> ConnectionConfig:
         """The connection to use: the configured one, else the dev server's address and namespace."""

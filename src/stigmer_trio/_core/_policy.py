@@ -10,8 +10,9 @@ from typing import Any
 import attrs
 
 from ._errors import ConfigError
+from ._events import RestartRecord
 
-__all__ = ["RestartHistory", "RestartPolicy", "RestartRecord", "next_attempt"]
+__all__ = ["RestartHistory", "RestartPolicy", "next_attempt"]
 
 
 def _number(field: str, value: Any, *, allow_inf: bool = False) -> float:
@@ -104,16 +105,6 @@ def next_attempt(previous: int, ready_for: float, policy: RestartPolicy) -> int:
     if ready_for >= policy.reset_after:
         return 1
     return previous + 1
-
-
-@attrs.frozen
-class RestartRecord:
-    """One restart decision: which child, at what time, which attempt, after what delay."""
-
-    child: str
-    at: float
-    attempt: int
-    delay: float
 
 
 @attrs.frozen

@@ -1,6 +1,6 @@
 # A generic Trio supervision tree (Erlang/OTP semantics with backoff). Rule: all restart logic of the
 # runtime lives here; a child is one lifetime and never loops on its own failures. The policy
-# arithmetic is pure (_policy.py); this module owns the clock, the tasks and the cancel scopes.
+# arithmetic is pure (_core/_policy.py); this module owns the clock, the tasks and the cancel scopes.
 #
 # Children run as trio system tasks with the caller's contextvars, not in a nursery of ours: a nursery
 # must wait for every task in it, so a child that ignores cancellation would make the supervisor wait
@@ -21,16 +21,18 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
-from ._errors import ConfigError, RestartLimitExceeded
-from ._events import (
+from .._core._errors import ConfigError
+from .._core._events import (
     ChildAbandoned,
     ChildExited,
     ChildRestartScheduled,
     ChildStarted,
     Event,
     EventHook,
+    RestartLimitExceeded,
+    RestartRecord,
 )
-from ._policy import RestartHistory, RestartPolicy, RestartRecord, next_attempt
+from .._core._policy import RestartHistory, RestartPolicy, next_attempt
 
 __all__ = ["ChildSpec", "ChildState", "ChildStatus", "Restart", "Strategy", "Supervisor"]
 
@@ -185,7 +187,13 @@ class Supervisor:
     ``window`` seconds; past that it stops every child and raises `RestartLimitExceeded`. Only
     `Exception` is ever restarted: any other BaseException a child raises stops the others and
     propagates. Cancelling `serve` stops the children in reverse order, each within its
-    ``shutdown_timeout``; one that overstays is abandoned and reported (`ChildAbandoned`).
+    ``shutdown_timeout``; one that overstays is abandoned and reported (`ChildAbandoned`): nobody waits
+    for it any more, its own cleanup goes on in the background.
+
+    `shutdown_timeout` (None: no bound but the children's own) bounds the whole stop, when `serve` is
+    cancelled or gives up: each child then gets the smaller of its own budget and what is left of this
+    one, so `serve` returns within `shutdown_timeout` seconds of its cancellation whatever the children
+    do. The constructor raises ConfigError for a bad argument (duplicate child names included).
     """
 
     def __init__(
@@ -197,6 +205,7 @@ class Supervisor:
         name: str = "supervisor",
         on_event: EventHook | None = None,
         rng: random.Random | None = None,
+        shutdown_timeout: float | None = None,
     ) -> None:
         specs = tuple(children)
         for spec in specs:
@@ -214,6 +223,9 @@ class Supervisor:
         elif not isinstance(policy, RestartPolicy):
             raise ConfigError(f"policy must be a RestartPolicy, got {policy!r}")
         _name(None, attrs.fields(ChildSpec).name, name)
+        if shutdown_timeout is not None:
+            _timeout(None, attrs.fields(ChildSpec).shutdown_timeout, shutdown_timeout)
+        self._shutdown_timeout = math.inf if shutdown_timeout is None else float(shutdown_timeout)
         self._specs = specs
         self._strategy = strategy
         self._policy = policy
@@ -273,7 +285,12 @@ class Supervisor:
             logger.exception("event hook of supervisor %r failed on %r", self._name, event)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-        """Run the children until cancelled; `task_status.started()` once every child is running."""
+        """Run the children until cancelled; `task_status.started()` once every child is running.
+
+        Never returns: it raises RestartLimitExceeded when a restart limit is exceeded (after stopping
+        every child), re-raises any non-Exception a child raised (KeyboardInterrupt, SystemExit), and
+        on cancellation stops every child in reverse order (shielded, bounded by the children's budgets
+        and `shutdown_timeout`) before the Cancelled propagates. RuntimeError if already serving."""
         if self._serving:
             raise RuntimeError(f"supervisor {self._name!r} is already serving")
         self._serving = True
@@ -432,11 +449,14 @@ class Supervisor:
         raise exc from error
 
     async def _stop_all(self, reason: str) -> None:
+        """Stop every child in reverse order, all within the supervisor's shutdown_timeout."""
+        deadline = trio.current_time() + self._shutdown_timeout
         for child in reversed(self._children):
-            await self._stop_child(child, reason)
+            await self._stop_child(child, reason, deadline)
 
-    async def _stop_child(self, child: _Child, reason: str) -> None:
-        """Cancel one child and wait at most its shutdown_timeout; abandon it if it overstays."""
+    async def _stop_child(self, child: _Child, reason: str, deadline: float = math.inf) -> None:
+        """Cancel one child and wait at most its shutdown_timeout (and not past `deadline`); abandon it
+        if it overstays."""
         run = child.run
         if run is None or child.state in (ChildState.STOPPED, ChildState.ABANDONED):
             if child.state is ChildState.PENDING:
@@ -445,12 +465,15 @@ class Supervisor:
         run.stopping = True
         child.state = ChildState.STOPPING
         run.scope.cancel(reason=reason)
-        with trio.CancelScope(shield=True), trio.move_on_after(child.spec.shutdown_timeout):
-            await run.finished.wait()
+        remaining = deadline - trio.current_time()
+        budget = max(0.0, min(child.spec.shutdown_timeout, remaining))
+        if remaining > 0:  # past the supervisor's deadline, not even a checkpoint: abandoned at once
+            with trio.CancelScope(shield=True), trio.move_on_after(budget):
+                await run.finished.wait()
         child.run = None
         if not run.finished.is_set():
             child.state = ChildState.ABANDONED
-            self._emit(ChildAbandoned(child.name, self._name, child.spec.shutdown_timeout))
+            self._emit(ChildAbandoned(child.name, self._name, budget))
             return
         child.state = ChildState.STOPPED
         error = None if run.scope.cancelled_caught and run.error is None else run.error

@@ -1,11 +1,8 @@
-# The exception hierarchy. Pure: no trio, no I/O. Every error the package raises on purpose is a
-# StigmerError, so an embedding program can catch ours without catching everyone else's.
+# The exception hierarchy. Pure: no trio, no I/O, no imports at all (the CLI's hot paths import it).
+# Every error the package raises on purpose is a StigmerError, so an embedding program can catch ours
+# without catching everyone else's. RestartLimitExceeded, both an exception and an event record, lives
+# with the event records (_events), which import this module and not the other way round.
 from __future__ import annotations
-
-TYPE_CHECKING = False  # typing is not imported at run time: the CLI's hot paths stay lean
-
-if TYPE_CHECKING:
-    from ._policy import RestartRecord
 
 
 class StigmerError(Exception):
@@ -66,44 +63,8 @@ class PortInUse(DevServerError):
     """The dev server's port is held by a process that is not our dev server."""
 
 
-class RestartLimitExceeded(StigmerError):
-    """A supervisor gave up: more than `max_restarts` restarts within `window` seconds.
-
-    It is both the exception a supervisor raises to its parent (with the child's last exception as
-    ``__cause__``) and the event record it emits just before. A plain class rather than attrs: this
-    module is imported by the CLI's hot paths, which stay stdlib only.
-    """
-
-    __slots__ = ("child", "error", "history", "restarts", "supervisor", "window")
-
-    def __init__(
-        self,
-        *,
-        supervisor: str,
-        child: str,
-        restarts: int,
-        window: float | None,
-        history: tuple[RestartRecord, ...] = (),
-        error: BaseException | None = None,
-    ) -> None:
-        super().__init__(supervisor, child, restarts)
-        self.supervisor = supervisor
-        self.child = child
-        self.restarts = restarts
-        self.window = window
-        self.history = history
-        self.error = error
-
-    def __repr__(self) -> str:
-        return (
-            f"RestartLimitExceeded(supervisor={self.supervisor!r}, child={self.child!r}, "
-            f"restarts={self.restarts!r}, window={self.window!r}, error={self.error!r})"
-        )
-
-    def __str__(self) -> str:
-        why = f"{type(self.error).__name__}: {self.error}" if self.error is not None else "it returned"
-        within = f" within {self.window:g} s" if self.window is not None else ""
-        return (
-            f"supervisor {self.supervisor!r} gave up on child {self.child!r} after "
-            f"{self.restarts} restarts{within}; last exit: {why}"
-        )
+def first_leaf(error: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups (`error` itself if it is none)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error

@@ -1,4 +1,4 @@
-# The dev-server child: ONE lifetime of `temporal server start-dev` per call of `DevServer.run`.
+# The dev-server child: ONE lifetime of `temporal server start-dev` per call of `DevServer.serve`.
 # Owns: the binary look-up, devserver.lock / devserver.json, spawning (own session, lock fd inherited),
 # adopting a healthy verified server left by a dead daemon, readiness, crash detection (waiting on the
 # process: an event, not a poll), the hang probe loop and the bounded stop. Must never: loop on its own
@@ -22,18 +22,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import psutil
 import trio
 
-from ._config import DevServerConfig
-from ._errors import DevServerError, PortInUse, TemporalUnavailable
-from ._events import EventHook, ServerExited, ServerReady
-from ._logs import RotatingLog
-from ._process import ProcessIdentity, Verdict, live_identity, stop_process_group_async
-from ._statefiles import (
+from .._boundary._process import ProcessIdentity, Verdict, live_identity, stop_process_group_async
+from .._boundary._statefiles import (
     FileLock,
     PidRecord,
     ensure_state_dir,
@@ -41,11 +37,16 @@ from ._statefiles import (
     remove_pid_file,
     write_pid_file,
 )
+from .._core._config import DevServerConfig
+from .._core._errors import DevServerError, PortInUse, TemporalUnavailable
+from .._core._events import EventHook, ServerExited, ServerReady
+from .._core._layout import StateLayout
+from .._observe._logfiles import RotatingLog
 
 if TYPE_CHECKING:
-    from . import _temporal
+    from .._boundary import _temporal
 
-__all__ = ["DevServer", "ServerInfo", "find_binary"]
+__all__ = ["DevServer", "Launch", "ServerInfo", "ServerProcess", "find_binary"]
 
 _POLL_READY = 0.002  # seconds between readiness attempts (connect fails in ~1 ms while nothing listens)
 _ROTATE_CHECK = 1.0  # seconds between log size checks
@@ -90,35 +91,6 @@ class ServerInfo:
     ports: dict[str, int]
     adopted: bool
     started_at: float  # wall clock, when it became ready (or was adopted)
-
-
-@attrs.frozen
-class StatePaths:
-    state_dir: Path
-
-    @property
-    def lock(self) -> Path:
-        return self.state_dir / "devserver.lock"
-
-    @property
-    def record(self) -> Path:
-        return self.state_dir / "devserver.json"
-
-    @property
-    def logs(self) -> Path:
-        return self.state_dir / "logs"
-
-    @property
-    def log(self) -> Path:
-        return self.logs / "devserver.log"
-
-    @property
-    def home(self) -> Path:
-        return self.state_dir / "home"
-
-    @property
-    def db(self) -> Path:
-        return self.state_dir / "temporal.db"
 
 
 def _last_error_line(text: str) -> str:
@@ -166,17 +138,40 @@ def check_port_free(port: int) -> None:
             raise
 
 
-@attrs.frozen
-class _Launch:
-    """A server we spawned: the process, who it is, its ports."""
+class ServerProcess(Protocol):
+    """A spawned server process, as much of it as a lifetime uses (trio.Process is one)."""
 
-    proc: trio.Process
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+
+@attrs.frozen
+class Launch:
+    """A server we spawned: the process (our child: its exit is waited on, never polled), who it is
+    (the identity devserver.json records), its ports (grpc, http, metrics)."""
+
+    proc: ServerProcess
     identity: ProcessIdentity
     ports: dict[str, int]
 
 
 class DevServer:
-    """The dev-server child of the runtime's supervision tree. `run` is one server lifetime."""
+    """The dev-server child of the runtime's supervision tree. `serve` is one server lifetime.
+
+    `spawned` hands the first lifetime a server that is already running (say, started before the heavy
+    imports to boot meanwhile): it is served like one this class spawned, from its readiness on, and
+    every later lifetime spawns its own. Whoever spawned it must have done what spawning does here:
+    taken devserver.lock and passed it to the server (inherited fd), written devserver.json naming it
+    (phase "booting", `spawned.identity`, and the launcher's command line) before letting it exec, and
+    started it with `command(spawned.ports)`; otherwise the next daemon cannot prove the server ours.
+    """
 
     def __init__(
         self,
@@ -185,10 +180,12 @@ class DevServer:
         *,
         on_event: EventHook | None = None,
         clock: Callable[[], float] = time.time,
+        spawned: Launch | None = None,
     ) -> None:
         self.config = config
-        self.paths = StatePaths(state_dir)
-        self.log = RotatingLog(self.paths.log, config.log_max_bytes, config.log_backups)
+        self.paths = StateLayout(state_dir)
+        self.log = RotatingLog(self.paths.devserver_log, config.log_max_bytes, config.log_backups)
+        self._spawned = spawned
         self._emit = on_event or (lambda event: None)
         self._clock = clock
         self.info: ServerInfo | None = None
@@ -198,16 +195,28 @@ class DevServer:
         self.keep_running = False
 
     # --- one lifetime ----------------------------------------------------------------------------------
-    async def run(self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start (or adopt) a server, call started(info) once it is ready, return/raise when it is gone."""
-        for directory in (self.paths.state_dir, self.paths.logs, self.paths.home):
+    async def serve(self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        """One lifetime: start (or adopt) a server, call started(info) once it is ready, then raise
+        DevServerError when it exits or hangs (never returns on its own).
+
+        Raises DevServerError when it cannot start one (binary missing, start_timeout passed, a lock held
+        by a process not provably ours) and PortInUse when another process holds the port. Cancelled,
+        it stops its server (SIGTERM, stop_timeout, SIGKILL; at once for a hung one) in a shielded
+        scope, within 2 * stop_timeout, unless `keep_running` asks it to leave a healthy one running.
+        """
+        for directory in (self.paths.root, self.paths.logs, self.paths.home):
             ensure_state_dir(directory)
+        spawned, self._spawned = self._spawned, None
+        if spawned is not None:
+            self._log_offset = self.log.size()
+            await self._serve_own(spawned, task_status)
+            return
         give_up = trio.current_time() + _UNPROVEN_WAIT
         while True:
-            lock = FileLock(self.paths.lock)
+            lock = FileLock(self.paths.devserver_lock)
             if lock.acquire():
                 # Nobody holds the lock, so no server of ours lives: any pid file is stale. Never signal it.
-                remove_pid_file(self.paths.record)
+                remove_pid_file(self.paths.devserver_record)
                 try:
                     launch = await self._spawn(lock)
                 finally:
@@ -215,7 +224,7 @@ class DevServer:
                 await self._serve_own(launch, task_status)
                 return
             lock.release()
-            record = read_pid_file(self.paths.record)
+            record = read_pid_file(self.paths.devserver_record)
             verdict = None
             if record is not None:
                 identity, verdict = live_identity(record)
@@ -228,15 +237,15 @@ class DevServer:
             if trio.current_time() >= give_up:
                 what = "no readable devserver.json" if record is None else f"pid {record.pid}: {verdict}"
                 raise DevServerError(
-                    f"{str(self.paths.lock)!r} is held by a process that cannot be verified as our dev "
-                    f"server ({what}); not touching it"
+                    f"{str(self.paths.devserver_lock)!r} is held by a process that cannot be verified as "
+                    f"our dev server ({what}); not touching it"
                 )
             await trio.sleep(_LOCK_POLL)
 
     def _same_settings(self, record: PidRecord, ports: dict[str, int]) -> bool:
         """Was the recorded server started with the command this configuration gives (on its ports)?"""
         try:
-            return tuple(self._command(ports)) == record.cmdline
+            return tuple(self.command(ports)) == record.cmdline
         except (KeyError, DevServerError):
             return False
 
@@ -247,14 +256,15 @@ class DevServer:
         self.info = None
         return True
 
-    def _command(self, ports: dict[str, int]) -> list[str]:
+    def command(self, ports: dict[str, int]) -> list[str]:
+        """The server's command line on `ports` (grpc, http, metrics) for this configuration."""
         config = self.config
         command = [
             str(find_binary(config.binary)), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
             "--port", str(ports["grpc"]), "--http-port", str(ports["http"]),
             "--metrics-port", str(ports["metrics"]), "--log-format", "json",
         ]  # fmt: skip
-        for setting in config.dynamic_config:  # eager start, transfer-queue rate: see _config.py
+        for setting in config.dynamic_config:  # eager start, transfer-queue rate: see _core/_config.py
             command += ["--dynamic-config-value", setting]
         if config.persist:
             command += ["--db-filename", str(config.db_filename or self.paths.db)]
@@ -279,7 +289,7 @@ class DevServer:
             },
         )
 
-    async def _spawn(self, lock: FileLock) -> _Launch:
+    async def _spawn(self, lock: FileLock) -> Launch:
         """Spawn the server behind its launcher; it execs only once its record is on disk (fsynced).
 
         There is no instant at which a server of ours runs without a record that proves it ours: the
@@ -293,7 +303,7 @@ class DevServer:
             "http": config.http_port or free_port(),
             "metrics": config.metrics_port or free_port(),
         }
-        command = self._command(ports)
+        command = self.command(ports)
         launcher = [_SHELL, "-c", _GATE, *command]
         env = {**os.environ, "HOME": str(self.paths.home), "TEMPORAL_VERSION_CHECK_DISABLED": "1"}
         gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read as its stdin
@@ -319,7 +329,7 @@ class DevServer:
                 identity = ProcessIdentity(pid=proc.pid, create_time=create_time, cmdline=tuple(command))
                 me = psutil.Process()
                 write_pid_file(
-                    self.paths.record,
+                    self.paths.devserver_record,
                     self._record(
                         identity,
                         ports,
@@ -334,7 +344,7 @@ class DevServer:
                 gate_write = -1
                 with trio.CancelScope(shield=True):
                     await proc.wait()
-                remove_pid_file(self.paths.record)
+                remove_pid_file(self.paths.devserver_record)
                 if isinstance(exc, psutil.Error | OSError):
                     raise DevServerError(f"the dev server could not be launched: {exc}") from exc
                 raise
@@ -342,9 +352,9 @@ class DevServer:
             for fd in (gate_read, gate_write):
                 if fd >= 0:
                     os.close(fd)
-        return _Launch(proc, identity, ports)
+        return Launch(proc, identity, ports)
 
-    async def _serve_own(self, launch: _Launch, task_status: trio.TaskStatus[ServerInfo]) -> None:
+    async def _serve_own(self, launch: Launch, task_status: trio.TaskStatus[ServerInfo]) -> None:
         proc, identity, ports = launch.proc, launch.identity, launch.ports
         address = f"127.0.0.1:{ports['grpc']}"
         spawned = trio.current_time()
@@ -358,7 +368,7 @@ class DevServer:
                 raise
             ready_after = trio.current_time() - spawned
             self.info = ServerInfo(proc.pid, address, ports, adopted=False, started_at=self._clock())
-            write_pid_file(self.paths.record, self._record(identity, ports, phase="ready"))
+            write_pid_file(self.paths.devserver_record, self._record(identity, ports, phase="ready"))
             self._emit(ServerReady(address, proc.pid, adopted=False, ready_after=ready_after))
             task_status.started(self.info)
             hung = await self._watch(client, proc.wait)
@@ -374,7 +384,7 @@ class DevServer:
                 else:
                     await self._condemn_and_stop(proc, address, reason, kill=kill)
 
-    async def _condemn_and_stop(self, proc: trio.Process, address: str, reason: str, *, kill: bool) -> None:
+    async def _condemn_and_stop(self, proc: ServerProcess, address: str, reason: str, *, kill: bool) -> None:
         # Condemned before it is stopped: said first, so that nobody attaches to it while it dies (a
         # SIGCONTed server answers during its shutdown).
         self.info = None
@@ -382,13 +392,13 @@ class DevServer:
         if alive:
             self._emit(ServerExited(address, proc.pid, None, reason))
         await self._stop_own(proc, kill=kill)
-        remove_pid_file(self.paths.record)
+        remove_pid_file(self.paths.devserver_record)
         if not alive:
             self._emit(ServerExited(address, proc.pid, proc.returncode, reason))
 
-    async def _wait_ready(self, address: str, proc: trio.Process) -> _temporal.Client:
+    async def _wait_ready(self, address: str, proc: ServerProcess) -> _temporal.Client:
         """Ready = TCP accept AND check_health AND describe_namespace for every namespace."""
-        from . import _temporal  # imported here, not at start-up: the server boots meanwhile
+        from .._boundary import _temporal  # imported here, not at start-up: the server boots meanwhile
 
         config = self.config
         last = "no answer yet"
@@ -415,8 +425,13 @@ class DevServer:
         )
 
     async def _watch(self, client: _temporal.Client, wait_exit: Callable[[], object]) -> str | None:
-        """Run until the server exits (None) or fails `failures_to_restart` probes in a row (why)."""
-        from . import _temporal  # imported here, not at start-up: the server boots meanwhile
+        """Run until the server exits (None) or fails `failures_to_restart` probes in a row (why).
+
+        This probe asks whether the process is hung (then it is killed and replaced); the connection
+        child probes the runtime's own client on the same server, a different question with a
+        different answer (calls fail fast, reconnect): both are needed, see its `_watch`.
+        """
+        from .._boundary import _temporal  # imported here, not at start-up: the server boots meanwhile
 
         config = self.config
         hung: str | None = None
@@ -452,7 +467,7 @@ class DevServer:
             nursery.cancel_scope.cancel(reason="dev server exited")
         return hung
 
-    async def _stop_own(self, proc: trio.Process, *, kill: bool = False) -> None:
+    async def _stop_own(self, proc: ServerProcess, *, kill: bool = False) -> None:
         """SIGTERM the group (and SIGCONT, should it be stopped), wait stop_timeout, SIGKILL the group;
         with `kill`, SIGKILL the group at once (a hung server: SQLite's WAL survives a kill).
 
@@ -477,7 +492,7 @@ class DevServer:
     async def _adopt(self, record: PidRecord, task_status: trio.TaskStatus[ServerInfo]) -> None:
         """Take over a verified server of ours whose daemon died: ready (or, if it was still booting,
         ready within start_timeout) and on the configured address, else stop it and fail this lifetime."""
-        from . import _temporal  # imported here, not at start-up: the server boots meanwhile
+        from .._boundary import _temporal  # imported here, not at start-up: the server boots meanwhile
 
         config = self.config
         identity = ProcessIdentity.of_record(record)
@@ -520,7 +535,7 @@ class DevServer:
                     ) from None
             self.info = ServerInfo(record.pid, address, ports, adopted=True, started_at=self._clock())
             if booting:
-                write_pid_file(self.paths.record, self._record(identity, ports, phase="ready"))
+                write_pid_file(self.paths.devserver_record, self._record(identity, ports, phase="ready"))
             self._emit(
                 ServerReady(address, record.pid, adopted=True, ready_after=trio.current_time() - began)
             )
@@ -550,7 +565,7 @@ class DevServer:
                             timeout=0.0 if kill else config.stop_timeout,
                             kill_timeout=config.stop_timeout,
                         )
-                    remove_pid_file(self.paths.record)
+                    remove_pid_file(self.paths.devserver_record)
                     if not stop:
                         self._emit(ServerExited(address, record.pid, None, reason))
                 os.close(pidfd)

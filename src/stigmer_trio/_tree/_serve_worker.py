@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._config import WorkerSpec
-from ._connection import ConnectionCell, ConnectionState
-from ._errors import StigmerError
-from ._events import EventHook, WorkerStateChanged
+from .._core._config import WorkerSpec
+from .._core._errors import StigmerError
+from .._core._events import ConnectionState, EventHook, WorkerStateChanged
+from ._cell import ConnectionCell
 
 if TYPE_CHECKING:
-    from ._temporal import Worker
+    from .._boundary._temporal import Worker
 
 __all__ = ["WorkerFailed", "WorkerStatus", "serve_worker"]
 
@@ -66,7 +66,7 @@ async def _one_epoch(
     spec: WorkerSpec, cell: ConnectionCell, status: WorkerStatus, emit: EventHook, client: Any, epoch: int
 ) -> None:
     """Run one Worker until the connection epoch changes (return) or the Worker fails (raise)."""
-    from . import _temporal
+    from .._boundary import _temporal
 
     failure: BaseException | None = None
     stopping = False
@@ -137,7 +137,7 @@ async def _one_epoch(
 
 async def _shutdown(worker: Worker, spec: WorkerSpec) -> None:
     """Worker.shutdown() within graceful_shutdown_timeout (+1 s for the SDK's own bookkeeping)."""
-    from . import _temporal
+    from .._boundary import _temporal
 
     with trio.move_on_after(spec.graceful_shutdown_timeout + 1.0):
         with contextlib.suppress(Exception):  # already shut down, or never started: nothing to stop

@@ -9,24 +9,24 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ._errors import RestartLimitExceeded
-from ._events import (
+from .._core._events import (
     ChildRestartScheduled,
+    ConnectionState,
     ConnectionStateChanged,
     Event,
     FailFastRejected,
     HealthChecked,
+    RestartLimitExceeded,
     ServerExited,
     ServerReady,
     WorkerStateChanged,
 )
+from .._core._names import RUNTIME_SUPERVISOR, ChildName, worker_task_queue
 
 __all__ = ["CONNECTION_STATES", "CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-CONNECTION_STATES = ("connecting", "connected", "disconnected", "closed")  # ConnectionState values
-RUNTIME_SUPERVISOR = "runtime"
-WORKER_PREFIX = "worker:"
+CONNECTION_STATES = tuple(state.value for state in ConnectionState)
 
 # Seconds. Crash -> ready is bounded below by the server's boot (~0.15 s here) and above by backoff.
 _RECOVERY_BUCKETS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -99,7 +99,7 @@ class Metrics:
         )
         self.devserver_up.set(0)
         for state in CONNECTION_STATES:
-            self.connection_state.labels(state=state).set(1 if state == "connecting" else 0)
+            self.connection_state.labels(state=state).set(1 if state == ConnectionState.CONNECTING else 0)
 
     def add_worker(self, task_queue: str) -> None:
         """Make the worker's series exist (at 0) before its first event."""
@@ -123,7 +123,8 @@ class Metrics:
         elif isinstance(event, ConnectionStateChanged):
             for state in CONNECTION_STATES:
                 self.connection_state.labels(state=state).set(1 if state == event.new else 0)
-            if event.new == "connected" and event.old != "connected" and event.epoch > 1:
+            connected = ConnectionState.CONNECTED
+            if event.new is connected and event.old is not connected and event.epoch > 1:
                 self.reconnects.inc()
         elif isinstance(event, WorkerStateChanged):
             self.worker_running.labels(task_queue=event.task_queue).set(1 if event.running else 0)
@@ -138,10 +139,11 @@ class Metrics:
                 self._exited_at = self._clock()
         elif isinstance(event, ChildRestartScheduled) and event.supervisor == RUNTIME_SUPERVISOR:
             self.supervisor_restarts.labels(child=event.name).inc()
-            if event.name == "devserver":
+            task_queue = worker_task_queue(event.name)
+            if event.name == ChildName.DEVSERVER:
                 self.devserver_restarts.inc()
-            elif event.name.startswith(WORKER_PREFIX):
-                self.worker_restarts.labels(task_queue=event.name[len(WORKER_PREFIX) :]).inc()
+            elif task_queue is not None:
+                self.worker_restarts.labels(task_queue=task_queue).inc()
         elif isinstance(event, RestartLimitExceeded):
             self.restart_limit.inc()
 

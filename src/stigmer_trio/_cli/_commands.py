@@ -1,0 +1,447 @@
+# The commands: status, logs, up (foreground, or detached: the parent's side of the detach protocol),
+# stop, restart, demo. Each returns its exit code. Rule: what a command prints is decided here; the
+# state files are read through _daemon, processes are signalled through _boundary/_process, Temporal is
+# reached through _boundary/_temporal, and the hot paths stay stdlib only (heavy imports inside).
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from .._boundary._statefiles import lock_is_held
+from .._core._layout import StateLayout
+from .._daemon import (
+    HANDOVER_SIGNAL,
+    LOG_ENV,
+    NOTIFY_ENV,
+    SETTINGS_ENV,
+    SIGTERM,
+    DetachHandover,
+    daemon_record,
+    daemon_running,
+    devserver_record,
+    status_report,
+    take_detach_handover,
+)
+from ._common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, PROG, UsageError, say
+from ._settings import Settings, full_config
+
+TYPE_CHECKING = False  # typing is not imported at run time: the hot paths stay lean
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+    from .._core._config import RuntimeConfig
+    from .._daemon import Notify
+
+__all__ = ["demo", "detach_handover", "detached_daemon", "logs", "restart", "status", "stop", "up"]
+
+DETACH_WAIT = 180.0  # seconds `up --detach` waits for the daemon's verdict
+UP_TRIES = 3  # a daemon found starting that then dies is replaced by ours; at most this often
+ORPHAN_WAIT = 2.0  # seconds a held devserver.lock may take to be provably ours (or to be let go)
+RESTART_STOP_TIMEOUT = 15.0  # `restart`: the old daemon's graceful stop budget
+
+
+# --- status --------------------------------------------------------------------------------------------
+def status(state_dir: Path, *, as_json: bool) -> int:
+    """LSB exit codes: 0 running and ready, 1 running but not ready, 3 not running. The live document
+    from the endpoint when it answers, else what runtime.json last said."""
+    from .._boundary._endpoint import get_json
+
+    running, report = status_report(state_dir)
+    if running:
+        endpoint = report.get("http")
+        url = endpoint.get("url") if isinstance(endpoint, dict) else None
+        live = get_json(url, "/status") if isinstance(url, str) else None
+        if live is not None:
+            report = live
+    code = (EXIT_OK if report.get("ready") else EXIT_FAILURE) if running else EXIT_NOT_RUNNING
+    if as_json:
+        print(json.dumps(report))
+        return code
+    server = report["dev_server"]
+    if report["running"]:
+        daemon = report["daemon"] or {}
+        if server and server.get("pid"):
+            where = f"dev server {server['address']} (pid {server['pid']})"
+        elif server:
+            where = f"dev server {server['address']} (not running)"
+        else:
+            where = f"Temporal at {report.get('address')}"
+        state = "running and ready" if report["ready"] else "running, not ready"
+        print(f"{state}: {where}; daemon pid {daemon.get('pid')}; state dir {state_dir}")
+        connection = report.get("connection") or {}
+        if connection:
+            error = f" ({connection['last_error']})" if connection.get("last_error") else ""
+            print(
+                f"  connection {connection.get('state')}{error}, epoch {connection.get('epoch')}, "
+                f"reconnects {connection.get('reconnects')}"
+            )
+        for worker in report.get("workers") or []:
+            running_now = "running" if worker.get("running") else "not running"
+            print(f"  worker {worker.get('task_queue')}: {running_now}, restarts {worker.get('restarts')}")
+        if server:
+            print(
+                f"  dev server restarts {server['restarts']}, adopted {server['adopted']}, "
+                f"uptime {server['uptime_s']} s"
+            )
+        http = report.get("http")
+        if isinstance(http, dict):
+            print(f"  endpoint {http.get('url')} (/healthz /readyz /status /metrics)")
+    elif server:
+        print(
+            f"not running: but an orphaned dev server (pid {server['pid']}, {server['address']}) is alive; "
+            f"`{PROG} up` adopts it, `{PROG} stop` stops it"
+        )
+    else:
+        print(f"not running (state dir {state_dir})")
+    return code
+
+
+# --- logs ----------------------------------------------------------------------------------------------
+def logs(state_dir: Path, *, lines: int | None, follow: bool, devserver: bool) -> int:
+    if lines is not None and lines < 0:
+        raise UsageError(f"--lines must be >= 0, got {lines!r}")
+    from .._observe._logfiles import show_log
+
+    layout = StateLayout(state_dir)
+    path = layout.devserver_log if devserver else layout.daemon_log
+    try:
+        found = show_log(path, lines=lines, follow=follow)
+    except KeyboardInterrupt:
+        return 130
+    if not found:
+        which = "dev server" if devserver else "daemon (only a detached daemon writes one)"
+        say(f"no {which} log at {path}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+# --- up ------------------------------------------------------------------------------------------------
+def up(args: argparse.Namespace, env: Mapping[str, str], file: Mapping[str, Any], state_dir: Path) -> int:
+    """Start the daemon (foreground, or detached: wait for its verdict) unless one runs already."""
+    settings = None
+    for _ in range(UP_TRIES):
+        if daemon_running(StateLayout(state_dir)):
+            code = _already_running(state_dir, args.port)
+            if code is not None:
+                return code
+            continue  # it stopped before it was ready: start ours
+        if settings is None:
+            settings = Settings.gather(args, env, file, state_dir)
+            config = full_config(settings)  # every mistake is a usage error here, before any detach
+        if not args.detach:
+            _foreground(config, notify=None, log_path=None)
+        code = _detach(settings)
+        if code is not None:
+            return code
+    say(f"daemons in {state_dir} keep stopping before they are ready; see `status` and logs/daemon.log")
+    return EXIT_FAILURE
+
+
+def restart(
+    args: argparse.Namespace, env: Mapping[str, str], file: Mapping[str, Any], state_dir: Path
+) -> int:
+    """Stop the daemon leaving a healthy dev server running, then `up --detach`: the new one adopts it."""
+    code = _stop(state_dir, RESTART_STOP_TIMEOUT, keep_server=True)
+    if code != EXIT_OK:
+        return code
+    args.detach = True
+    return up(args, env, file, state_dir)
+
+
+def _already_running(state_dir: Path, port: int | None = None, wait: bool = True) -> int | None:
+    """Say where the running daemon is; while it is still starting, wait (bounded) until it is ready.
+    None: it stopped (or died) before it was ready; the caller starts a daemon of its own."""
+    daemon = daemon_record(StateLayout(state_dir))
+    if wait and (daemon is None or not daemon.extra.get("ready")):
+        return _wait_for_other_daemon(state_dir, time.monotonic(), port)
+    if daemon is None:
+        print(f"already running (state dir {state_dir})")
+        return EXIT_OK
+    address = daemon.extra.get("address")
+    print(f"already running: daemon pid {daemon.pid}, address {address}")
+    if port is not None and isinstance(address, str) and not address.endswith(f":{port}"):
+        say(f"note: the running daemon keeps its own settings (address {address}); `restart` to apply --port")
+    return EXIT_OK
+
+
+def _wait_for_other_daemon(state_dir: Path, began: float, port: int | None = None) -> int | None:
+    """A daemon runs (or won the race) but is not ready yet: wait until it is ready (its exit code) or
+    gone (None: it stopped or died, say killed mid-start; the caller may start its own)."""
+    layout = StateLayout(state_dir)
+    while time.monotonic() - began < DETACH_WAIT:
+        if not daemon_running(layout):
+            return None
+        record = daemon_record(layout)
+        if record is not None and record.extra.get("ready"):
+            return _already_running(state_dir, port, wait=False)
+        time.sleep(0.02)
+    say(f"another daemon in {state_dir} is not ready after {DETACH_WAIT:g} s")
+    return EXIT_FAILURE
+
+
+def detach_handover() -> DetachHandover | None:
+    """In a daemon started by `up --detach`: what its parent handed over (taken out of os.environ)."""
+    return take_detach_handover(os.environ)
+
+
+def detached_daemon(handover: DetachHandover) -> NoReturn:
+    """The detached daemon: the settings its parent resolved (not this process's argv), then the daemon."""
+    from .._daemon import write_notification
+
+    notify = write_notification(handover.notify_fd)
+    try:
+        config = full_config(Settings.from_json(handover.settings))
+    except UsageError as exc:  # the parent resolved the same settings: only a changed world gets here
+        say(f"error: {exc}")
+        notify({"event": "error", "message": str(exc)})
+        sys.stderr.flush()
+        os._exit(2)
+    _foreground(config, notify=notify, log_path=handover.log_path)
+
+
+def _foreground(config: RuntimeConfig, *, notify: Notify | None, log_path: Path | None) -> NoReturn:
+    """Run the daemon in this process (`notify`: the detach protocol's verdict pipe, if detached;
+    `log_path`: our stderr's file, kept bounded); leaves with os._exit."""
+    from .._daemon import configure_logging, daemon_main
+    from .._observe._logfiles import RotatingLog
+
+    log_file = None
+    if log_path is not None:
+        log_file = RotatingLog(log_path, config.log_max_bytes, config.log_backups)
+    configure_logging(log_format=config.log_format, log_file=log_file)
+
+    def report(message: dict[str, Any]) -> None:
+        if message.get("event") == "already-running":
+            _already_running(config.state_dir)
+
+    notify = notify or report
+    code = EXIT_FAILURE
+    try:
+        code = daemon_main(config, notify)
+    except BaseException:  # a bug, not a user mistake: show it before leaving with os._exit
+        import traceback
+
+        traceback.print_exc()
+        notify({"event": "error", "message": "the daemon crashed; see logs/daemon.log"})
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # temporalio can crash the interpreter at exit after a clean shutdown
+
+
+def _detach(settings: Settings) -> int | None:
+    """The parent's side of the detach protocol: start the daemon in a new session, hand it the settings
+    on one pipe, wait for its verdict on the other; print where it runs or why it failed.
+    None: it found another daemon starting, which then stopped before it was ready (try again)."""
+    import subprocess
+
+    state_dir = settings.state_dir
+    layout = StateLayout(state_dir)
+    layout.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    verdict_read, verdict_write = os.pipe()
+    settings_read, settings_write = os.pipe()
+    began = time.monotonic()
+    log_fd = os.open(layout.daemon_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        # Its command line names the state dir (so it can be told apart, as before); its settings are
+        # on the pipe, not in argv.
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "stigmer_trio", "up", "--state-dir", str(state_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            start_new_session=True,
+            pass_fds=(verdict_write, settings_read),
+            env={
+                **os.environ,
+                NOTIFY_ENV: str(verdict_write),
+                SETTINGS_ENV: str(settings_read),
+                LOG_ENV: str(layout.daemon_log),
+            },
+        )
+    finally:
+        os.close(verdict_write)
+        os.close(settings_read)
+        os.close(log_fd)
+    with os.fdopen(settings_write, "wb") as pipe, contextlib.suppress(BrokenPipeError):
+        pipe.write(settings.to_json().encode())  # a daemon that died first: its exit code tells
+    with os.fdopen(verdict_read, "rb") as pipe:
+        line = _read_line(pipe, DETACH_WAIT)
+    message: dict[str, Any] = {}
+    if line:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = {}
+    event = message.get("event")
+    if event == "started":
+        print(
+            f"running, not ready yet: Temporal at {message.get('address')} does not answer; daemon pid "
+            f"{message.get('pid')} keeps reconnecting (see `{PROG} status`)"
+        )
+        return EXIT_OK
+    if event == "ready":
+        elapsed = time.monotonic() - began
+        endpoint = f", endpoint {message['http']}" if message.get("http") else ""
+        print(
+            f"running: dev server {message.get('address')}, daemon pid {message.get('pid')}"
+            f"{endpoint}, ready in {elapsed:.2f} s"
+        )
+        return EXIT_OK
+    if event == "already-running":
+        daemon.wait()
+        return _wait_for_other_daemon(state_dir, began)
+    if event == "error":
+        say(f"the daemon failed: {message.get('message')}")
+        return EXIT_FAILURE
+    with contextlib.suppress(subprocess.TimeoutExpired):  # EOF without a verdict: let it finish exiting
+        daemon.wait(timeout=2.0)
+    if daemon.returncode is None:
+        say(f"the daemon (pid {daemon.pid}) did not report within {DETACH_WAIT:g} s; see {layout.daemon_log}")
+    else:
+        say(f"the daemon exited with code {daemon.returncode} before it was ready; see {layout.daemon_log}")
+    return EXIT_FAILURE
+
+
+def _read_line(pipe: Any, timeout: float) -> bytes:
+    import select
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select([pipe], [], [], remaining)
+        if not ready:
+            break
+        chunk = os.read(pipe.fileno(), 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0]
+
+
+# --- demo ----------------------------------------------------------------------------------------------
+def demo(state_dir: Path, name: str) -> int:
+    """Run the demo workflow through the running daemon's demo worker; print result and latency."""
+    from .._core._names import DEMO_TASK_QUEUE
+
+    layout = StateLayout(state_dir)
+    record = daemon_record(layout) if daemon_running(layout) else None
+    if record is None or not record.extra.get("ready"):
+        say(f"no ready daemon in {state_dir}: start one with `{PROG} up --detach` first")
+        return EXIT_NOT_RUNNING
+    workers = record.extra.get("workers") or []
+    if not any(w.get("task_queue") == DEMO_TASK_QUEUE and w.get("running") for w in workers):
+        say("the running daemon has no demo worker (started with --no-demo)")
+        return EXIT_FAILURE
+    address = str(record.extra.get("address"))
+    namespace = record.extra.get("namespace") or "default"
+    code = EXIT_OK
+    try:
+        from .._boundary._temporal import run_demo_client
+
+        result, seconds = run_demo_client(address, namespace, name)
+        print(f"{result}  ({seconds * 1000:.1f} ms round trip via {address})")
+    except Exception as exc:
+        say(f"the demo workflow failed: {type(exc).__name__}: {exc}")
+        code = EXIT_FAILURE
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # temporalio can crash the interpreter at exit
+
+
+# --- stop ----------------------------------------------------------------------------------------------
+def stop(state_dir: Path, timeout: float) -> int:
+    """Stop the daemon and its dev server (or an orphaned one)."""
+    return _stop(state_dir, timeout)
+
+
+def _stop(state_dir: Path, timeout: float, *, keep_server: bool = False) -> int:
+    """Stop the daemon (and its dev server, or an orphaned one). `keep_server` (the `restart`
+    handover): the daemon leaves a healthy dev server running for the next daemon to adopt."""
+    if timeout < 0:
+        raise UsageError(f"--timeout must be >= 0, got {timeout!r}")
+    layout = StateLayout(state_dir)
+    daemon_up = daemon_running(layout)
+    server_up = lock_is_held(layout.devserver_lock)
+    if not daemon_up and not server_up:
+        print("not running")
+        return EXIT_OK
+    import signal
+
+    from .._boundary._process import Verdict, signal_verified, verify
+    from .._core._errors import IdentityMismatch
+
+    began = time.monotonic()
+    stopped: list[str] = []
+    if daemon_up:
+        record = daemon_record(layout)
+        give_up = time.monotonic() + ORPHAN_WAIT  # a daemon that just took its lock writes its record next
+        while (record is None or verify(record) is not Verdict.SAME) and time.monotonic() < give_up:
+            if not daemon_running(layout):
+                break
+            time.sleep(0.01)
+            record = daemon_record(layout)
+        if not daemon_running(layout):
+            record = None  # it died meanwhile: only its server may be left
+        elif record is None or verify(record) is not Verdict.SAME:
+            say(f"{layout.runtime_lock} is held by a process not verifiable as our daemon; not touching it")
+            return EXIT_FAILURE
+        if record is not None:
+            try:
+                exited = signal_verified(record, HANDOVER_SIGNAL if keep_server else SIGTERM, wait=timeout)
+                if not exited:
+                    say(f"the daemon (pid {record.pid}) did not stop within {timeout:g} s: killing it")
+                    signal_verified(record, signal.SIGKILL)
+            except IdentityMismatch as exc:
+                say(str(exc))
+                return EXIT_FAILURE
+            stopped.append(f"daemon pid {record.pid}")
+    if not keep_server:
+        code, orphan = _stop_orphan(layout, timeout)
+        if code != EXIT_OK:
+            return code
+        if orphan is not None:
+            stopped.append(orphan)
+    if not stopped:
+        print("not running")
+        return EXIT_OK
+    print(f"stopped {', '.join(stopped)} in {time.monotonic() - began:.2f} s")
+    return EXIT_OK
+
+
+def _stop_orphan(layout: StateLayout, timeout: float) -> tuple[int, str | None]:
+    """Stop a dev server whose daemon is gone, proven ours by devserver.json (or, the instant before it
+    execs, by its launcher's command line there). A lock whose holder cannot be proven ours is left
+    alone; held without a record is transient (a launcher whose daemon died exits on its own)."""
+    from .._boundary._process import Verdict, live_identity, stop_process_group
+    from .._boundary._statefiles import remove_pid_file
+    from .._core._errors import IdentityMismatch
+
+    give_up = time.monotonic() + ORPHAN_WAIT
+    while lock_is_held(layout.devserver_lock):
+        record = devserver_record(layout)
+        if record is not None:
+            identity, verdict = live_identity(record)
+            if verdict is Verdict.SAME:
+                try:
+                    stop_process_group(identity, timeout=min(timeout, 10.0) or 0.1)
+                except IdentityMismatch as exc:
+                    say(str(exc))
+                    return EXIT_FAILURE, None
+                remove_pid_file(layout.devserver_record)
+                return EXIT_OK, f"dev server pid {record.pid}"
+        if time.monotonic() >= give_up:
+            why = "devserver.json is missing" if record is None else f"pid {record.pid} is {verdict.value}"
+            say(f"{layout.devserver_lock} is held but {why}: cannot verify, not touching it")
+            return EXIT_FAILURE, None
+        time.sleep(0.01)
+    return EXIT_OK, None

@@ -1,0 +1,150 @@
+# The parser and the dispatch: which command runs with which settings. Rule: stdlib only at import; a
+# command's handler lives in _commands, its settings come from _settings.
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+from . import _commands
+from ._common import EXIT_USAGE, PROG, UsageError, say
+from ._settings import load_toml, resolve_state_dir
+
+TYPE_CHECKING = False  # typing is not imported at run time: the hot paths stay lean
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+__all__ = ["build_parser", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{PROG} --help')\n")
+
+
+def _add_location(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (flags > environment > file)")
+    parser.add_argument("--state-dir", metavar="DIR", help="lock, pid, db and log files (default: XDG state)")
+
+
+def _add_up_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `up` (and `restart`). Each reaches a detached daemon by itself (_settings.Settings
+    carries every dest); resolving one into the RuntimeConfig is _core/_config.resolve's job."""
+    _add_location(parser)
+    parser.add_argument("--detach", action="store_true", help="run the daemon in the background")
+    parser.add_argument("--port", type=int, metavar="N", help="dev server gRPC port on 127.0.0.1 (7233)")
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="namespace to create (repeatable)",
+    )
+    parser.add_argument("--binary", metavar="PATH", help="the temporal executable (default: next to python)")
+    parser.add_argument(
+        "--start-timeout", type=float, metavar="S", help="seconds a server may take to be ready"
+    )
+    parser.add_argument(
+        "--in-memory",
+        action="store_const",
+        const=False,
+        dest="persist",
+        help="no db file: state dies with it",
+    )
+    parser.add_argument(
+        "--external",
+        metavar="HOST:PORT",
+        help="no dev server: connect to this Temporal (scale out: many runtimes, one task queue)",
+    )
+    parser.add_argument(
+        "--worker",
+        action="append",
+        dest="workers",
+        metavar="MODULE:ATTR",
+        help="a WorkerSpec, or a zero-argument callable returning one or a list (repeatable)",
+    )
+    parser.add_argument(
+        "--no-demo", action="store_const", const=False, dest="demo_worker", help="no built-in demo worker"
+    )
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT|off",
+        help="control endpoint /healthz /readyz /status /metrics (default 127.0.0.1, a free port)",
+    )
+    parser.add_argument(
+        "--http-allow-remote",
+        action="store_const",
+        const=True,
+        dest="http_allow_remote",
+        help="allow --http on a non-loopback address (the endpoint has no authentication)",
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), help="daemon log lines (text)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "Keep a Temporal stack alive: a supervised, persistent local Temporal dev server under one "
+            "Trio supervision tree."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_up_options(commands.add_parser("up", help="start the runtime (foreground unless --detach)"))
+    stop = commands.add_parser("stop", help="stop the runtime and its dev server")
+    _add_location(stop)
+    stop.add_argument("--timeout", type=float, default=15.0, metavar="S", help="graceful stop budget (15)")
+    restart = commands.add_parser("restart", help="stop, then start the runtime in the background")
+    _add_up_options(restart)
+    demo = commands.add_parser("demo", help="run the built-in demo workflow through the daemon's worker")
+    _add_location(demo)
+    demo.add_argument("--name", default="stigmer", help="who to greet")
+    status = commands.add_parser("status", help="is the runtime running and ready? (exit 0 / 1 / 3)")
+    _add_location(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    logs = commands.add_parser("logs", help="print the daemon's log (logs/daemon.log) or the dev server's")
+    _add_location(logs)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended")
+    logs.add_argument("--devserver", action="store_true", help="the dev server's log instead")
+    logs.add_argument("-n", "--lines", type=int, metavar="N", help="only the last N lines")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m stigmer_trio`` and the ``stigmer-trio`` script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    env = os.environ
+    try:
+        if args.command == "up" and (handover := _commands.detach_handover()) is not None:
+            return _commands.detached_daemon(handover)  # a daemon `up --detach` started: settings handed
+        file = load_toml(args.config)
+        state_dir = resolve_state_dir(args.state_dir, env, file)
+        if args.command == "status":
+            return _commands.status(state_dir, as_json=args.json)
+        if args.command == "demo":
+            return _commands.demo(state_dir, args.name)
+        if args.command == "logs":
+            return _commands.logs(state_dir, lines=args.lines, follow=args.follow, devserver=args.devserver)
+        if args.command == "stop":
+            return _commands.stop(state_dir, args.timeout)
+        if args.command == "restart":
+            return _commands.restart(args, env, file, state_dir)
+        return _commands.up(args, env, file, state_dir)
+    except UsageError as exc:
+        say(f"error: {exc}")
+        return EXIT_USAGE
+    except BrokenPipeError:  # `status --json | head -c 100`: the reader left; no traceback
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

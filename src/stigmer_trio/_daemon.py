@@ -1,0 +1,415 @@
+# The daemon process: `up` runs the runtime here until a signal stops it. Owns the process-wide things an
+# embedding program must never get from the library: signal handling (SIGTERM / SIGINT stop, SIGUSR1
+# stops leaving the dev server for the next daemon), logging setup, gc.freeze once ready, one daemon per
+# state dir (runtime.lock), runtime.json (written here and read back here, for `status`, `up`, `stop`
+# and `demo`), and the daemon's side of the detach protocol (its verdict on a pipe; the settings it was
+# handed). Rule: stdlib only at import (the CLI's hot paths read runtime.json through this module):
+# trio, psutil and the runtime are imported inside the functions that run the daemon. Must never: touch
+# argv or stdout (the CLI's), or exit the interpreter normally after temporalio ran (the caller leaves
+# with os._exit; see `daemon_main`).
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+
+from ._boundary._statefiles import (
+    FileLock,
+    PidRecord,
+    ensure_state_dir,
+    lock_is_held,
+    read_pid_file,
+    remove_pid_file,
+    write_pid_file,
+)
+from ._core._layout import StateLayout
+
+TYPE_CHECKING = False  # typing is not imported at run time: the CLI's hot paths stay lean
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._core._config import RuntimeConfig
+    from ._core._events import Event
+    from ._observe._logfiles import RotatingLog
+    from ._runtime import Runtime
+
+__all__ = [
+    "HANDOVER_SIGNAL",
+    "SIGTERM",
+    "DetachHandover",
+    "configure_logging",
+    "daemon_main",
+    "daemon_record",
+    "daemon_running",
+    "devserver_record",
+    "status_report",
+    "take_detach_handover",
+    "write_notification",
+]
+
+LOGGER = "stigmer_trio"  # the daemon's own log lines (the events log under "stigmer_trio.events")
+
+# Signal numbers as plain ints: `signal` is not imported on the CLI's hot paths (a test checks them).
+SIGTERM = 15  # graceful stop
+HANDOVER_SIGNAL = 10  # SIGUSR1, `restart`: like SIGTERM, but a healthy dev server is left running
+READY_WAIT = 30.0  # seconds the daemon waits for CONNECTED + workers before reporting "started"
+
+# --- runtime.json: the reader -------------------------------------------------------------------------
+
+
+def read_record(path: Path) -> PidRecord | None:
+    """A pid file, or None: missing, corrupt, a planted symlink or unreadable all read as no record."""
+    try:
+        return read_pid_file(path)
+    except Exception:
+        return None
+
+
+def daemon_running(layout: StateLayout) -> bool:
+    """Does a daemon hold this state dir's runtime.lock?"""
+    return lock_is_held(layout.runtime_lock)
+
+
+def daemon_record(layout: StateLayout) -> PidRecord | None:
+    """runtime.json: the daemon's identity, `ready`, `address`, `namespace`, `workers` and its last
+    status() document under `status`."""
+    return read_record(layout.runtime_record)
+
+
+def devserver_record(layout: StateLayout) -> PidRecord | None:
+    """devserver.json: the dev server's identity, `address`, `ports`, `phase`, ..."""
+    return read_record(layout.devserver_record)
+
+
+def status_report(state_dir: Path, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+    """What the state files say: (running, the status document), without asking the daemon.
+
+    The document has the shape of Runtime.status(); uptimes are recomputed for `now`. Not running but
+    with a live devserver.lock: the orphaned server, marked `"orphaned": True`.
+    """
+    layout = StateLayout(state_dir)
+    now = time.time() if now is None else now
+    report: dict[str, Any] = {
+        "running": False,
+        "ready": False,
+        "state_dir": str(state_dir),
+        "address": None,
+        "namespace": None,
+        "daemon": None,
+        "dev_server": None,
+        "connection": None,
+        "workers": [],
+        "http": None,
+    }
+    if daemon_running(layout):
+        daemon = daemon_record(layout)
+        report["running"] = True
+        if daemon is not None:
+            document = daemon.extra.get("status")
+            if isinstance(document, dict):  # the runtime's last status(): uptimes are recomputed
+                report.update(document)
+            report["ready"] = bool(daemon.extra.get("ready"))
+            last = report["daemon"] if isinstance(report["daemon"], dict) else {}
+            report["daemon"] = {
+                **last,
+                "pid": daemon.pid,
+                "started_at": daemon.started_at,
+                "uptime_s": round(now - daemon.started_at, 3),
+                "last_error": last.get("last_error"),
+            }
+            server = report["dev_server"]
+            if isinstance(server, dict):
+                started = server.get("started_at")
+                server["uptime_s"] = round(now - started, 3) if isinstance(started, int | float) else None
+        return True, report
+    if lock_is_held(layout.devserver_lock):
+        orphan = devserver_record(layout)
+        report["dev_server"] = {
+            "pid": orphan.pid if orphan else None,
+            "address": orphan.extra.get("address") if orphan else None,
+            "restarts": 0,
+            "adopted": False,
+            "started_at": orphan.started_at if orphan else None,
+            "uptime_s": round(now - orphan.started_at, 3) if orphan else None,
+            "orphaned": True,
+        }
+    return False, report
+
+
+# --- runtime.json: the writer -------------------------------------------------------------------------
+
+
+class StatusFile:
+    """Keeps runtime.json current, atomically: the daemon's identity plus its last status() document
+    (what `status` reports when the endpoint does not answer)."""
+
+    def __init__(self, config: RuntimeConfig, clock: Callable[[], float] = time.time) -> None:
+        import psutil
+
+        self.path = StateLayout(config.state_dir).runtime_record
+        self.config = config
+        self.clock = clock
+        me = psutil.Process()
+        # Who we are, as `stop` will verify it: pid + create time + our own command line, whatever
+        # it is (`python -m stigmer_trio up ...` or an embedding program calling daemon_main).
+        self.identity = (os.getpid(), me.create_time(), tuple(me.cmdline()))
+        self.started_at = clock()
+        self.last_error: str | None = None
+        self.runtime: Runtime | None = None
+
+    def write(self) -> None:
+        pid, create_time, cmdline = self.identity
+        live = self.runtime.status() if self.runtime is not None else None
+        if live is not None and self.last_error is not None:
+            live["daemon"]["last_error"] = self.last_error
+        extra = {
+            "state_dir": str(self.config.state_dir),
+            "ready": bool(live and live["ready"]),
+            "address": live["address"] if live else None,
+            "namespace": live["namespace"] if live else None,
+            "workers": live["workers"] if live else [],
+            "status": live,
+        }
+        write_pid_file(self.path, PidRecord(pid, create_time, cmdline, self.started_at, extra))
+
+    def on_event(self, event: Event) -> None:
+        """The hook: rewrite runtime.json when something `status` shows changed."""
+        from ._core._events import (
+            ChildExited,
+            ChildRestartScheduled,
+            ChildStarted,
+            ConnectionStateChanged,
+            RestartLimitExceeded,
+            ServerExited,
+            ServerReady,
+            WorkerStateChanged,
+        )
+        from ._core._names import ChildName
+
+        if isinstance(event, ChildStarted | ChildExited) and event.name not in (
+            ChildName.HTTP,
+            ChildName.DEVSERVER,
+        ):
+            return
+        if isinstance(
+            event,
+            ServerReady
+            | ServerExited
+            | ChildRestartScheduled
+            | ConnectionStateChanged
+            | WorkerStateChanged
+            | ChildStarted
+            | ChildExited
+            | RestartLimitExceeded,
+        ):
+            self.write()
+
+
+# --- the detach protocol: the daemon's side ------------------------------------------------------------
+# `up --detach` starts `python -m stigmer_trio up --state-dir DIR` in a new session with two pipes: on one
+# it writes the resolved settings (JSON, then EOF), on the other it waits for the daemon's one-line
+# verdict (ready / started / error / already-running). The daemon's stderr is logs/daemon.log.
+NOTIFY_ENV = "STIGMER_TRIO_INTERNAL_NOTIFY_FD"  # the daemon writes its verdict here
+SETTINGS_ENV = "STIGMER_TRIO_INTERNAL_SETTINGS_FD"  # the daemon reads its settings here
+LOG_ENV = "STIGMER_TRIO_INTERNAL_LOG_FILE"  # the daemon's stderr is this file (it keeps it bounded)
+
+if TYPE_CHECKING:
+    Notify = Callable[[dict[str, Any]], None]  # receives the daemon's one verdict
+
+
+class DetachHandover:
+    """What a detached daemon was handed: its settings (JSON text), where to report, its log file."""
+
+    __slots__ = ("log_path", "notify_fd", "settings")
+
+    def __init__(self, settings: str, notify_fd: int, log_path: Path | None) -> None:
+        self.settings = settings
+        self.notify_fd = notify_fd
+        self.log_path = log_path
+
+
+def take_detach_handover(environ: MutableMapping[str, str]) -> DetachHandover | None:
+    """In a daemon started by `up --detach`: read the settings pipe to its end and take the handover out
+    of the environment (no child of ours inherits it). None in any other process."""
+    settings_fd = environ.pop(SETTINGS_ENV, None)
+    notify_fd = environ.pop(NOTIFY_ENV, None)
+    log_path = environ.pop(LOG_ENV, None)
+    if settings_fd is None or notify_fd is None:
+        return None
+    chunks = []
+    with os.fdopen(int(settings_fd), "rb") as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    return DetachHandover(b"".join(chunks).decode(), int(notify_fd), Path(log_path) if log_path else None)
+
+
+def write_notification(fd: int) -> Notify:
+    """A Notify that writes one JSON line to `fd` (the `up --detach` parent reads it), then closes it."""
+    sent = False
+
+    def notify(message: dict[str, Any]) -> None:
+        nonlocal sent
+        if sent:
+            return
+        sent = True
+        try:
+            os.write(fd, (json.dumps(message) + "\n").encode())
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    return notify
+
+
+# --- running the daemon ---------------------------------------------------------------------------------
+
+
+async def _daemon(config: RuntimeConfig, status: StatusFile, notify: Notify) -> int:
+    import logging
+    import signal
+
+    import trio
+
+    from ._core._errors import StigmerError, first_leaf
+    from ._core._events import RestartLimitExceeded
+    from ._runtime import open_runtime
+
+    logger = logging.getLogger(LOGGER)
+    began = trio.current_time()
+    failure: BaseException | None = None
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    if signum == HANDOVER_SIGNAL and status.runtime is not None:
+                        # `restart`: stop, but leave a healthy dev server running for the next daemon to
+                        # adopt (its workers still shut down first, while the server is up).
+                        status.runtime._keep_server_running()
+                        logger.info("received %s: stopping, leaving the dev server running", signum)
+                    else:
+                        logger.info("received %s: stopping", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel(reason=f"signal {signum}")
+                    return
+
+            async def run_tree() -> None:
+                nonlocal failure
+                try:
+                    async with open_runtime(config, hooks=(status.on_event,)) as runtime:
+                        status.runtime = runtime
+                        status.write()
+                        with trio.move_on_after(READY_WAIT):
+                            await runtime.wait_ready(give_up_when_disconnected=True)
+                        elapsed = trio.current_time() - began
+                        ready = runtime.status()["ready"]
+                        logger.info("%s after %.3f s", "ready" if ready else "started, not ready", elapsed)
+                        notify(
+                            {
+                                "event": "ready" if ready else "started",
+                                "pid": os.getpid(),
+                                "address": runtime.status()["address"],
+                                "http": runtime.http_url,
+                                "elapsed": elapsed,
+                            }
+                        )
+                        _freeze_startup_objects()
+                        await trio.sleep_forever()
+                except* StigmerError as group:
+                    failure = first_leaf(group)
+                nursery.cancel_scope.cancel(reason="supervision tree ended")
+
+            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(run_tree)
+    if failure is not None:
+        status.last_error = str(failure)
+        if not isinstance(failure, RestartLimitExceeded):  # that one was logged as an event already
+            logger.error("%s", failure)
+        with contextlib.suppress(Exception):
+            status.write()
+        notify({"event": "error", "message": str(failure)})
+        return 1
+    return 0
+
+
+def _freeze_startup_objects() -> None:
+    """The daemon owns its process: move everything start-up built (temporalio's object graph, the
+    modules) out of the collector's way. Measured (benchmarks/http_endpoint.py): full collections went
+    from ~27 ms to ~2.5 ms, and they are what a workflow's p99 feels."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def daemon_main(config: RuntimeConfig, notify: Notify) -> int:
+    """Run the daemon in this process until stopped; returns the exit code (0 stopped by a signal or
+    already running elsewhere, 1 the tree failed, 130 interrupted).
+
+    One daemon per state dir (runtime.lock). `notify` receives one dict: ready / started / error /
+    already-running. SIGTERM and SIGINT stop it gracefully (RuntimeConfig.shutdown_timeout bounds the
+    tree's stop); SIGUSR1 too, leaving a healthy dev server running for the next daemon to adopt.
+    The caller must leave with os._exit(code): temporalio can crash the interpreter at exit.
+    """
+    import trio
+
+    ensure_state_dir(config.state_dir)
+    lock = FileLock(StateLayout(config.state_dir).runtime_lock)
+    if not lock.acquire():
+        lock.release()
+        notify({"event": "already-running"})
+        return 0
+    status = StatusFile(config)
+    try:
+        status.write()
+        return trio.run(_daemon, config, status, notify)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        remove_pid_file(status.path)
+        lock.release()
+
+
+# --- logging --------------------------------------------------------------------------------------------
+# Loggers of other libraries the daemon's log takes in, at this level: temporalio's Python loggers and
+# "temporalio.core", where _temporal.sdk_runtime forwards sdk-core's own logs. Without a handler of
+# ours their warnings reached daemon.log as bare lines through logging.lastResort (no time, no level).
+# WARNING (30; `logging` is not imported on the hot paths): the level lastResort showed; their INFO
+# lines (each Worker shutdown) would be noise.
+FOREIGN_LOGGERS = {"temporalio": 30}
+
+
+def configure_logging(
+    stream: Any = None, *, log_format: str = "text", log_file: RotatingLog | None = None
+) -> None:
+    """The daemon's logging: one handler, text or JSON lines, on the "stigmer_trio" logger and on
+    temporalio's (FOREIGN_LOGGERS); with `log_file` (the detached daemon's stderr is that file) it is
+    kept under its size bound. Text lines are ``time LEVEL message``; a record of another library's
+    logger also names its logger."""
+    import logging
+
+    from ._observe._logfiles import RotatingStreamHandler
+    from ._observe._logs import JsonFormatter
+
+    ours = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    foreign = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    class TextFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            if record.name == LOGGER or record.name.startswith(f"{LOGGER}."):
+                return ours.format(record)
+            return foreign.format(record)
+
+    handler = RotatingStreamHandler(log_file, stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    levels = {LOGGER: logging.INFO, **FOREIGN_LOGGERS}
+    for name, level in levels.items():
+        root = logging.getLogger(name)
+        root.handlers[:] = [handler]
+        root.setLevel(level)
+        root.propagate = False

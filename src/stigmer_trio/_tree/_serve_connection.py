@@ -1,0 +1,161 @@
+# The connection child: keeps a Temporal client connected and says, without waiting, whether it is. The only
+# writer of the ConnectionCell (_cell: state + current client + epoch, read synchronously by everyone) and
+# owner of the health loop. It calls started() at once — the runtime must start before Temporal does — and
+# then reconnects with backoff forever (ConnectionConfig.policy), which is its whole job: an unexpected bug
+# still raises and is restarted by the Supervisor. Fast paths: ServerExited drops to DISCONNECTED at once;
+# ServerReady and a request's UNAVAILABLE skip the backoff sleep / the probe interval. With a supervised dev
+# server (`follow_server`) it never attaches to a server that is not the current ready one: ServerExited (said
+# when a server is condemned, before it is stopped) cancels every attempt and probe in flight, and the next
+# attempt waits for the next ServerReady. Without that, a hung server that is SIGCONTed for its stop answers
+# for a second and becomes a short-lived new epoch.
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import trio
+
+from .._core._config import ConnectionConfig
+from .._core._errors import TemporalUnavailable
+from .._core._events import ConnectionState, HealthChecked
+from ._cell import ConnectionCell, Poke
+from ._hub import EventHub
+
+if TYPE_CHECKING:
+    from .._boundary._temporal import Client
+
+__all__ = ["serve_connection"]
+
+_TCP_POLL = 0.02  # seconds between TCP probes while the server refuses connections
+_TCP_PROBE_TIMEOUT = 0.5
+
+
+async def serve_connection(
+    config: ConnectionConfig,
+    cell: ConnectionCell,
+    hub: EventHub,
+    *,
+    rng: random.Random | None = None,
+    task_status: trio.TaskStatus[ConnectionCell] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect, watch, reconnect, forever. started() at once: nobody waits for Temporal to start."""
+    from .._boundary import _temporal  # not at import: the dev server boots meanwhile
+
+    rng = rng or random.Random()
+    hub.add_hook(cell.on_event)
+    task_status.started(cell)
+    attempt = 0
+    try:
+        while True:
+            # Stale wake-ups are dropped; a SERVER_READY that came during a failed attempt counts.
+            cell.forget(Poke.SERVER_EXITED, Poke.PROBE)
+            await cell.wait_server_up()  # a supervised dev server: only the current ready one
+            generation = cell.server_generation
+            cell.transition(ConnectionState.CONNECTING, f"attempt {attempt + 1}")
+            began = trio.current_time()
+            client = None
+            try:
+                with cell.server_scope(), trio.fail_after(config.connect_timeout):
+                    client = await _temporal.connect(
+                        config.address,
+                        config.namespace,
+                        timeout=config.connect_timeout,
+                        tls=config.tls,
+                        api_key=config.api_key,
+                    )
+                    await _temporal.describe_namespace(
+                        client, config.namespace, timeout=config.health_timeout
+                    )
+            except (TemporalUnavailable, trio.TooSlowError) as exc:
+                cell.transition(ConnectionState.DISCONNECTED, str(exc) or "connect timed out")
+                if trio.current_time() - began >= config.connect_timeout:
+                    # It ran out of time (a blackholed network, a hung server): that wait was the backoff.
+                    # Retry at once, at the same attempt: while the port accepts TCP, only a new attempt
+                    # can notice the network is back, and it must not then sit out an escalated delay.
+                    continue
+                attempt += 1
+                if await _back_off(config, cell, config.policy.delay(attempt, rng)):
+                    attempt = 0  # the server is back: should it still be booting, retry from 50 ms
+                continue
+            if client is None or not _current(cell, generation):
+                # The server was condemned during the attempt: the next one waits for its successor.
+                cell.transition(ConnectionState.DISCONNECTED, "the dev server was replaced")
+                continue
+            attempt = 0
+            cell.forget(Poke.SERVER_READY, Poke.SERVER_EXITED, Poke.PROBE)
+            cell.transition(ConnectionState.CONNECTED, "connected", client)
+            reason = await _watch(config, cell, client)
+            cell.transition(ConnectionState.DISCONNECTED, reason)
+            if not _current(cell, generation):
+                continue  # no backoff: the next attempt waits for the next ServerReady
+            attempt = 1  # the first reconnect waits initial_delay, unless the server is back sooner
+            await _back_off(config, cell, config.policy.delay(attempt, rng))
+    finally:
+        cell.transition(ConnectionState.CLOSED, "runtime stopping")
+
+
+def _current(cell: ConnectionCell, generation: int) -> bool:
+    """Is the server we connected to still the current ready one? (Always, when not following one.)"""
+    return not cell.follow_server or (cell.server_up and cell.server_generation == generation)
+
+
+async def _tcp_accepts(address: str) -> bool:
+    """Does anything accept TCP at `address` right now? (Microseconds against a closed local port.)"""
+    host, _, port = address.rpartition(":")
+    with trio.move_on_after(_TCP_PROBE_TIMEOUT):
+        try:
+            stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+async def _back_off(config: ConnectionConfig, cell: ConnectionCell, delay: float) -> bool:
+    """Wait `delay` before the next connect attempt, but go at once when the server is back.
+
+    While the port refuses TCP, a cheap TCP probe every 20 ms (and a dev server's ServerReady) ends the
+    wait as soon as the server listens again: a full Client.connect is only worth its cost then. If the
+    port already accepts (the server is up but the connect failed), the full backoff applies.
+    Returns True when it ended early because the server came back.
+    """
+    deadline = trio.current_time() + delay
+    if await _tcp_accepts(config.address):
+        return await cell.wait_poke(delay, Poke.SERVER_READY) is not None
+    while (remaining := deadline - trio.current_time()) > 0:
+        woken = await cell.wait_poke(min(_TCP_POLL, remaining), Poke.SERVER_READY)
+        if woken or await _tcp_accepts(config.address):
+            return True
+    return False
+
+
+async def _watch(config: ConnectionConfig, cell: ConnectionCell, client: Client) -> str:
+    """Probe every health_interval (or at once when poked); return why the connection is down.
+
+    Not the same probe as the dev-server child's, although both may hit one server: that one asks "is
+    the server process alive and serving?" (check_health and every namespace, on a client of its own,
+    `failures_to_restart` failures in a row) and its answer kills and replaces the process; this one
+    asks "does the runtime's own client work?" (one health RPC on the channel every call uses) and its
+    answer, at the first failure, makes calls fail fast and reconnects. Merging them would lose one of
+    the two: in external mode there is no dev-server child, a broken client channel to a healthy server
+    shows only here, and killing a process wants failures in a row where failing calls fast wants the
+    first one. Both stay: a loopback health RPC costs ~1 ms.
+    """
+    from .._boundary import _temporal  # not at import: the dev server boots meanwhile
+
+    while True:
+        woken = await cell.wait_poke(config.health_interval, Poke.SERVER_EXITED, Poke.PROBE)
+        if woken is Poke.SERVER_EXITED:
+            return "the dev server exited"
+        began = trio.current_time()
+        try:
+            with cell.server_scope() as scope:
+                await _temporal.check_health(client, timeout=config.health_timeout)
+            if scope.cancelled_caught:
+                return "the dev server exited"
+        except Exception as exc:  # any failed probe means "not healthy", never a crash of this child
+            why = str(exc) if isinstance(exc, TemporalUnavailable) else f"{type(exc).__name__}: {exc}"
+            cell.report(HealthChecked(config.address, False, trio.current_time() - began, why))
+            return why if isinstance(exc, TemporalUnavailable) else f"health check failed: {why}"
+        cell.report(HealthChecked(config.address, True, trio.current_time() - began))
