@@ -144,8 +144,8 @@ def tail(path: Path, lines: int = 25) -> str:
 def open_proven(path: Path) -> tuple[int | None, Any, str]:
     """(pidfd, record, why): a pidfd on the pid file's process, opened first and then proven ours
     (pid + create time + cmdline, and still alive); (None, record, reason) when it cannot be proven."""
-    from stigmer_trio._process import Verdict, verify
-    from stigmer_trio._statefiles import read_pid_file
+    from stigmer_trio._boundary._process import Verdict, verify
+    from stigmer_trio._boundary._statefiles import read_pid_file
 
     record = read_pid_file(path)
     if record is None:
@@ -346,7 +346,7 @@ class Soak:
         we did not cause is a self-exit, logged and followed by `up --detach`."""
         import trio
 
-        from stigmer_trio._statefiles import read_pid_file
+        from stigmer_trio._boundary._statefiles import read_pid_file
 
         pidfd, record, ready = None, None, False
         with scope:
@@ -397,7 +397,7 @@ class Soak:
                 await self.bring_up("up", "self-exit")
 
     def _was_ready(self, record: Any) -> bool:
-        from stigmer_trio._statefiles import read_pid_file
+        from stigmer_trio._boundary._statefiles import read_pid_file
 
         data = read_pid_file(self.state / "runtime.json")
         return bool(record and data and data.pid == record.pid and data.extra.get("ready"))
@@ -924,7 +924,7 @@ async def poll(predicate: Callable[[], Any], interval: float) -> None:
 
 
 def read_record(path: Path) -> Any:
-    from stigmer_trio._statefiles import read_pid_file
+    from stigmer_trio._boundary._statefiles import read_pid_file
 
     return read_pid_file(path)
 

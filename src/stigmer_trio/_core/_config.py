@@ -33,7 +33,7 @@ _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 # Dynamic config the dev server starts with. Eager workflow start: the runtime's client and workers
 # share a process. The transfer-queue rate: with the server's default of 20 loads per second, every new
 # workflow task waits for the next 50 ms slot (measured: ~36 ms median per task, 97 ms per one-activity
-# round trip; 1000/s: 36 ms; see benchmarks/eager_diag.py). The result long poll: see below.
+# round trip; 1000/s: 36 ms; see benchmarks/archive/eager_diag.py). The result long poll: see below.
 DEFAULT_DYNAMIC_CONFIG = (
     "system.enableEagerWorkflowStart=true",
     "history.transferProcessorMaxPollRPS=1000",
