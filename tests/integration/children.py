@@ -9,7 +9,6 @@ dir (only ours can) is killed and reported.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +17,6 @@ from typing import Any
 import psutil
 
 Steps = dict[str, dict[str, Any]]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def leftovers(state: Path, port: int | None = None) -> list[str]:

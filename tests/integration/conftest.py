@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_daemon import Stack, free_port
+from harness import Stack, free_port
 
 
 @pytest.fixture

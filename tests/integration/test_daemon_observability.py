@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import RECOVERY, Identity, Stack, clean_env, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from test_daemon import RECOVERY, Identity, Stack, clean_env, wait_for
 
-from stigmer_trio._observe._logfiles import RotatingLog, RotatingStreamHandler
+from stigmer_trio._observe._logfiles import RotatingLog
 
 pytestmark = pytest.mark.integration
 
@@ -223,27 +222,6 @@ class TestLogs:
         assert str(tmp_path / "logs" / "daemon.log") in result.stderr
 
 
-class TestDaemonLogRotation:
-    def test_the_log_stays_bounded_and_rotates(self, tmp_path: Path) -> None:
-        """A writer on an O_APPEND fd (as the detached daemon's stderr): past max_bytes the file is
-        copied to .1 and truncated; the writer keeps writing to the same file."""
-        log = RotatingLog(tmp_path / "daemon.log", max_bytes=4096, backups=2)
-        fd = log.open_for_writer()
-        with os.fdopen(fd, "w") as stream:
-            handler = RotatingStreamHandler(log, stream)
-            logger = logging.getLogger(f"rotation-test-{id(handler)}")
-            logger.handlers[:] = [handler]
-            logger.propagate = False
-            for index in range(400):
-                logger.warning("line %04d %s", index, "x" * 60)
-            handler.flush()
-        assert log.size() <= 4096 + 100
-        assert (tmp_path / "daemon.log.1").exists()
-        assert (tmp_path / "daemon.log.2").exists()
-        assert not (tmp_path / "daemon.log.3").exists()
-        assert (tmp_path / "daemon.log").read_text().splitlines()[-1].startswith("line 0399")
-
-
 class TestShowLog:
     def test_follow_continues_across_a_rotation(self, tmp_path: Path) -> None:
         """show_log(follow=True) prints appended lines, and after copy + truncate starts from the top."""
@@ -275,19 +253,6 @@ class TestShowLog:
             follower.join(5)
         assert b"one\ntwo\nthree\n" == out.getvalue()
         assert b"one\ntwo\n" == (tmp_path / "daemon.log.1").read_bytes()
-
-    def test_last_lines(self, tmp_path: Path) -> None:
-        """lines=N: only the last N lines; a missing file without follow is False."""
-        import io
-
-        from stigmer_trio._observe._logfiles import show_log
-
-        path = tmp_path / "daemon.log"
-        path.write_bytes(b"a\nb\nc\n")
-        out = io.BytesIO()
-        assert show_log(path, lines=2, out=out)
-        assert b"b\nc\n" == out.getvalue()
-        assert not show_log(tmp_path / "missing.log", out=io.BytesIO())
 
 
 class TestDevServerTuning:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from children import Steps, free_port, run_scenario
+from children import Steps, run_scenario
+from harness import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from children import free_port, run_scenario
+from children import run_scenario
+from harness import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from test_daemon import Identity, Stack, clean_env, wait_for
+from harness import Identity, Stack, clean_env, wait_for
 
 from stigmer_trio._boundary._statefiles import lock_is_held
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # 21 real kill points: ~80 s
 
 TRIGGER_TIMEOUT = 30.0  # seconds a kill point's moment may take to come
 BACK = 60.0  # seconds the next `up` may take to be ready

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from children import Steps, free_port, run_scenario
+from children import Steps, run_scenario
+from harness import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,9 @@ def connection(status: dict[str, Any]) -> tuple[bool, str, int, int]:
     return status["ready"], c["state"], c["epoch"], c["reconnects"]
 
 
-@pytest.mark.parametrize("name", ["reset", "blackhole", "long_blackhole", "latency"])
+@pytest.mark.parametrize(
+    "name", ["reset", "blackhole", pytest.param("long_blackhole", marks=pytest.mark.slow), "latency"]
+)
 def test_no_child_exits_on_its_own(name: str, request: pytest.FixtureRequest) -> None:
     """Blips are the connection child's job: no child of the runtime exits or is restarted."""
     children = request.getfixturevalue(name)["children"]
@@ -140,6 +143,7 @@ class TestBlackhole:
         assert blackhole["nap"]["seconds"] < 10.0
 
 
+@pytest.mark.slow
 class TestLongBlackhole:
     """12 s with connect_timeout 1 s: timed-out connects push the backoff to its 2 s cap."""
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from children import Steps, free_port, run_scenario
+from children import Steps, run_scenario
+from harness import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +49,7 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> Steps:
     return scenario("broken", tmp_path_factory)
 
 
+@pytest.mark.slow
 class TestThirtySecondOutage:
     def test_workflow_completes_before_the_outage(self, outage: Steps) -> None:
         """Baseline: connected with a worker, a workflow completes."""
