@@ -33,6 +33,10 @@ pytestmark = pytest.mark.integration
 
 # A group leader that starts a grandchild in its own process group. Both ignore SIGTERM, except the
 # leader when run with "obey". The leader prints "ready <grandchild pid>" once both are set up.
+# "Nothing was signalled" is checked after this long: a signal, had one been sent, is delivered and its
+# default action (exit) taken within milliseconds, so a live process after 0.2 s received none.
+NO_SIGNAL_GRACE = 0.2
+
 _LEADER = r"""
 import signal, subprocess, sys, time
 if sys.argv[1] == "ignore":
@@ -216,7 +220,7 @@ class TestStopProcessGroup:
         reused = attrs.evolve(identity, create_time=identity.create_time + 5)
         with pytest.raises(IdentityMismatch, match=rf"pid {proc.pid}: verdict OTHER"):
             stop_process_group(reused, timeout=0.5)
-        time.sleep(0.2)
+        time.sleep(NO_SIGNAL_GRACE)
         assert _alive_and_not_zombie(proc)
 
     def test_unverifiable_is_refused_and_never_signalled(
@@ -232,7 +236,7 @@ class TestStopProcessGroup:
         with pytest.raises(IdentityMismatch, match="verdict UNVERIFIABLE"):
             stop_process_group(identity, timeout=0.5)
         monkeypatch.undo()
-        time.sleep(0.2)
+        time.sleep(NO_SIGNAL_GRACE)
         assert _alive_and_not_zombie(proc)
 
     def test_non_leader_is_refused_and_never_signalled(self, spawn: Spawn) -> None:
@@ -240,7 +244,7 @@ class TestStopProcessGroup:
         proc, identity = _sleeper(spawn, new_session=False)
         with pytest.raises(IdentityMismatch, match="not a process-group leader"):
             stop_process_group(identity, timeout=0.5)
-        time.sleep(0.2)
+        time.sleep(NO_SIGNAL_GRACE)
         assert _alive_and_not_zombie(proc)
 
     def test_our_own_process_is_refused(self) -> None:
@@ -293,7 +297,7 @@ class TestStopProcessGroup:
         _proc, identity, grandchild = _leader(spawn, "ignore")
         with _watch(grandchild) as grandchild_fd:
             fds = _process._kill_stragglers(identity.pid, identity.create_time + 5)
-            time.sleep(0.2)
+            time.sleep(NO_SIGNAL_GRACE)
             assert ([], False) == (fds, _exited(grandchild_fd))
 
     def test_negative_timeout_is_a_config_error(self, spawn: Spawn) -> None:

@@ -282,11 +282,12 @@ class TestWorker:
             await trio.sleep(0.5)
             assert (True, 1) == (status.running, status.epoch)
             hub.emit(ServerExited("127.0.0.1:1", 1, -9, "killed"))
-            await trio.sleep(0)  # DISCONNECTED
+            await trio.testing.wait_all_tasks_blocked()  # the connection child took it: DISCONNECTED
+            assert ConnectionState.DISCONNECTED is cell.state
             reconnect = trio.current_time()
             hub.emit(ServerReady("127.0.0.1:1", 2, adopted=False, ready_after=0.1))
             await cell.wait_until(lambda c: c.epoch == 2)
-            await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()  # the worker child saw the epoch and built
             assert ["client-1", "client-2"] == [client for _, client in workers.built]
             assert workers.built[1][0] - reconnect < 0.01
             assert (True, 2) == (status.running, status.epoch)
