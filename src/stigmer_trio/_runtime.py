@@ -28,6 +28,7 @@ from ._core._names import NO_ARG
 from ._tree._cell import Poke
 
 if TYPE_CHECKING:
+    from ._boundary._bridge import Bridge
     from ._boundary._temporal import Client, WorkflowHandle
     from ._observe._logs import EventLog
     from ._tree._build import Tree
@@ -72,6 +73,12 @@ class Runtime:
         if isinstance(event, ConnectionStateChanged) and event.new is ConnectionState.DISCONNECTED:
             for scope in list(self._inflight):
                 scope.cancel(reason="connection lost")
+
+    def _bridge(self) -> Bridge:
+        """Temporal: the tree's (a test's fake), else the real one (imported now, not at start-up)."""
+        from ._boundary._bridge import temporal_bridge
+
+        return self._tree.bridge or temporal_bridge()
 
     def _client(self, operation: str) -> Client:
         """The connected client, or TemporalUnavailable at once (counted: a FailFastRejected event)."""
@@ -157,14 +164,14 @@ class Runtime:
         - ``WorkflowAlreadyStarted`` (``.workflow_id``, ``.workflow_type``, ``.run_id``): the id is
           taken under the policies given (by default: a run with this id is running).
         """
-        from ._boundary import _temporal
+        temporal = self._bridge()
 
         client = self._client("start_workflow")
         timeout = self._connection.workflow_task_timeout
         if timeout is not None:
             kwargs.setdefault("task_timeout", timedelta(seconds=timeout))
         call = functools.partial(
-            _temporal.start_workflow,
+            temporal.start_workflow,
             client,
             workflow,
             arg,
@@ -181,11 +188,11 @@ class Runtime:
     ) -> Any:
         """start_workflow (same errors and retry rules), then wait for its result; a failure while
         waiting raises TemporalUnavailable with ``maybe_started=True`` (the workflow was started)."""
-        from ._boundary import _temporal
+        temporal = self._bridge()
 
         handle = await self.start_workflow(workflow, arg, id=id, task_queue=task_queue, **kwargs)
         try:
-            return await _temporal.workflow_result(handle)
+            return await temporal.workflow_result(handle)
         except TemporalUnavailable:
             self._cell.poke(Poke.PROBE)
             raise
@@ -196,10 +203,10 @@ class Runtime:
         TemporalUnavailable at once when not CONNECTED, and when the connection drops during the call
         (the call is cancelled then); what `fn` raises passes through. Cancelling the caller cancels
         the asyncio task."""
-        from ._boundary import _temporal
+        temporal = self._bridge()
 
         client = self._client("run_asyncio")
-        return await self._call(functools.partial(_temporal.run_asyncio, fn, client, *args))
+        return await self._call(functools.partial(temporal.run_asyncio, fn, client, *args))
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot, the document of GET /status and `status --json`: connection, workers,
@@ -256,10 +263,14 @@ def _leaf_count(error: BaseException) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _open_runtime(config: RuntimeConfig, hooks: Sequence[EventHook]) -> AsyncIterator[Runtime]:
+async def _open_runtime(
+    config: RuntimeConfig, hooks: Sequence[EventHook], bridge: Bridge | None = None
+) -> AsyncIterator[Runtime]:
+    """open_runtime without unwrapping RestartLimitExceeded; `bridge` (a test's fake) for Temporal."""
     from ._tree._build import build_tree  # not at import: metrics and the children's imports
 
-    tree = build_tree(config, hooks)  # binds the endpoint: a busy port fails here, before anything starts
+    # Binds the endpoint: a busy port fails here, before anything starts.
+    tree = build_tree(config, hooks, bridge=bridge)
     try:
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(_flush_log, tree.event_log)

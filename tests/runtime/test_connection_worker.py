@@ -22,8 +22,6 @@ from stigmer_trio import (
     TemporalUnavailable,
     WorkerSpec,
 )
-from stigmer_trio._boundary import _temporal as bridge
-from stigmer_trio._tree import _serve_connection as connection_module
 from stigmer_trio._tree._cell import ConnectionCell
 from stigmer_trio._tree._hub import EventHub
 from stigmer_trio._tree._serve_connection import serve_connection
@@ -37,13 +35,24 @@ CONFIG = ConnectionConfig(address="127.0.0.1:1", health_interval=1.0, health_tim
 
 @attrs.define
 class FakeTemporal:
-    """Stands in for the temporalio bridge: `up` says whether the server answers."""
+    """Stands in for the temporalio bridge (a stigmer_trio._boundary._bridge.Bridge): `up` says whether
+    the server answers; its Workers are `workers`."""
 
     up: bool = False
     hung: bool = False
     connects: list[float] = attrs.Factory(list)
     probes: list[float] = attrs.Factory(list)
     clients: int = 0
+    workers: FakeWorkers = attrs.Factory(lambda: FakeWorkers())
+
+    def make_worker(self, client: Any, spec: WorkerSpec, on_fatal_error: Any) -> int:
+        return self.workers.make_worker(client, spec, on_fatal_error)
+
+    async def run_worker(self, worker: int) -> None:
+        await self.workers.run_worker(worker)
+
+    async def shutdown_worker(self, worker: int) -> None:
+        await self.workers.shutdown_worker(worker)
 
     async def connect(self, address: str, namespace: str, **kwargs: Any) -> Any:
         self.connects.append(trio.current_time())
@@ -70,12 +79,9 @@ class FakeTemporal:
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTemporal:
-    fake = FakeTemporal()
-    for name in ("connect", "describe_namespace", "check_health"):
-        monkeypatch.setattr(bridge, name, getattr(fake, name))
-    monkeypatch.setattr(connection_module, "_tcp_accepts", fake.tcp_accepts)
-    return fake
+def fake() -> FakeTemporal:
+    """The bridge the children are handed (bridge=...): the server (`up`, `hung`) and its Workers."""
+    return FakeTemporal()
 
 
 def transitions(events: list[Any]) -> list[tuple[float, str]]:
@@ -83,19 +89,19 @@ def transitions(events: list[Any]) -> list[tuple[float, str]]:
 
 
 @contextlib.asynccontextmanager
-async def connection(hub: EventHub) -> AsyncIterator[tuple[ConnectionCell, trio.Nursery]]:
-    """A running connection child (and its nursery, for siblings); cancelled when the block ends."""
+async def connection(hub: EventHub, bridge: Any) -> AsyncIterator[tuple[ConnectionCell, trio.Nursery]]:
+    """A running connection child on `bridge` (and its nursery, for siblings); cancelled at the end."""
     async with trio.open_nursery() as nursery:
-        cell = await open_connection(nursery, hub)
+        cell = await open_connection(nursery, hub, bridge=bridge)
         yield cell, nursery
         nursery.cancel_scope.cancel()
 
 
 async def open_connection(
-    nursery: trio.Nursery, hub: EventHub, config: ConnectionConfig = CONFIG
+    nursery: trio.Nursery, hub: EventHub, config: ConnectionConfig = CONFIG, *, bridge: Any
 ) -> ConnectionCell:
     cell = ConnectionCell(emit=hub.emit)
-    await nursery.start(functools.partial(serve_connection, config, cell, hub))
+    await nursery.start(functools.partial(serve_connection, config, cell, hub, bridge=bridge))
     return cell
 
 
@@ -110,7 +116,7 @@ class TestConnection:
     ) -> None:
         """started() does not wait for Temporal; attempts back off 50 ms, 50 ms, then doubling to 2 s."""
         hub, _ = recording_hub()
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             assert 0 == trio.current_time()
             await trio.sleep(10)
             gaps = [round(b - a, 3) for a, b in zip(fake.connects, fake.connects[1:], strict=False)]
@@ -123,7 +129,7 @@ class TestConnection:
     ) -> None:
         """client() raises TemporalUnavailable at once, naming the state and the last error."""
         hub, _ = recording_hub()
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             await trio.sleep(0.01)
             with pytest.raises(TemporalUnavailable, match="Temporal is disconnected: connection refused"):
                 cell.client()
@@ -133,7 +139,7 @@ class TestConnection:
     ) -> None:
         """Temporal starting later is picked up by the next attempt: CONNECTED, epoch 1, a client."""
         hub, _ = recording_hub()
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             await trio.sleep(1)
             fake.up = True
             with trio.fail_after(2.5):
@@ -145,7 +151,7 @@ class TestConnection:
     ) -> None:
         """External mode: a port that accepts again ends the 2 s backoff within one 20 ms TCP poll."""
         hub, _ = recording_hub()
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             await trio.sleep(5)
             fake.up = True
             back_at = trio.current_time()
@@ -157,7 +163,7 @@ class TestConnection:
     ) -> None:
         """A ServerReady event reconnects at once instead of waiting out the backoff."""
         hub, _ = recording_hub()
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             await trio.sleep(5)  # deep into the 2 s backoff
             fake.up = True
             ready_at = trio.current_time()
@@ -171,7 +177,7 @@ class TestConnection:
         """The first failed health probe drops to DISCONNECTED; the next connection is a new epoch."""
         fake.up = True
         hub, events = recording_hub()
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             await cell.wait_connected()
             await trio.sleep(2.5)
             fake.up = False
@@ -190,7 +196,7 @@ class TestConnection:
         """A hung server is noticed within health_interval + health_timeout."""
         fake.up = True
         hub, _ = recording_hub()
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             await cell.wait_connected()
             fake.hung = True
             hung_at = trio.current_time()
@@ -203,7 +209,7 @@ class TestConnection:
         """A ServerExited event drops to DISCONNECTED immediately, without waiting for a probe."""
         fake.up = True
         hub, _ = recording_hub()
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             await cell.wait_connected()
             await trio.sleep(0.3)
             exited_at = trio.current_time()
@@ -218,7 +224,7 @@ class TestConnection:
         """A request that met UNAVAILABLE pokes the monitor: it probes now, not at the next interval."""
         fake.up = True
         hub, _ = recording_hub()
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             await cell.wait_connected()
             await trio.sleep(0.2)
             fake.up = False
@@ -258,11 +264,9 @@ class FakeWorkers:
 
 
 @pytest.fixture
-def workers(monkeypatch: pytest.MonkeyPatch) -> FakeWorkers:
-    fake = FakeWorkers()
-    for name in ("make_worker", "run_worker", "shutdown_worker"):
-        monkeypatch.setattr(bridge, name, getattr(fake, name))
-    return fake
+def workers(fake: FakeTemporal) -> FakeWorkers:
+    """The Workers of `fake`."""
+    return fake.workers
 
 
 SPEC = WorkerSpec("q", graceful_shutdown_timeout=2.0)
@@ -276,8 +280,8 @@ class TestWorker:
         fake.up = True
         hub, _ = recording_hub()
         status = WorkerStatus("q")
-        async with connection(hub) as (cell, nursery):
-            await nursery.start(functools.partial(serve_worker, SPEC, cell, status, hub.emit))
+        async with connection(hub, fake) as (cell, nursery):
+            await nursery.start(functools.partial(serve_worker, SPEC, cell, status, hub.emit, bridge=fake))
             await cell.wait_connected()
             await trio.sleep(0.5)
             assert (True, 1) == (status.running, status.epoch)
@@ -301,10 +305,10 @@ class TestWorker:
         workers.fail_after = 3.0
         hub, _ = recording_hub()
         status = WorkerStatus("q")
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             for lifetime in range(2):  # as the Supervisor would run it again
                 with pytest.raises(WorkerFailed, match="Workflow worker failed"):
-                    await serve_worker(SPEC, cell, status, hub.emit)
+                    await serve_worker(SPEC, cell, status, hub.emit, bridge=fake)
                 assert lifetime == status.restarts
 
     async def test_shutdown_is_bounded(
@@ -315,9 +319,9 @@ class TestWorker:
         workers.shutdown_hangs = True
         hub, _ = recording_hub()
         status = WorkerStatus("q")
-        async with connection(hub) as (cell, _nursery):
+        async with connection(hub, fake) as (cell, _nursery):
             async with trio.open_nursery() as inner:
-                await inner.start(functools.partial(serve_worker, SPEC, cell, status, hub.emit))
+                await inner.start(functools.partial(serve_worker, SPEC, cell, status, hub.emit, bridge=fake))
                 await cell.wait_connected()
                 await trio.sleep(0.1)
                 stop_at = trio.current_time()

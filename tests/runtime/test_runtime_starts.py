@@ -27,7 +27,7 @@ from stigmer_trio import (
 )
 from stigmer_trio._boundary import _temporal as bridge
 from stigmer_trio._core._config import STICKY_TIMEOUT, WORKFLOW_TASK_TIMEOUT
-from stigmer_trio._runtime import Runtime
+from stigmer_trio._runtime import Runtime, _open_runtime
 from stigmer_trio._tree._build import build_tree
 from stigmer_trio._tree._cell import ConnectionCell
 
@@ -50,21 +50,21 @@ class FakeStarts:
 
 
 @pytest.fixture
-def starts(monkeypatch: pytest.MonkeyPatch) -> FakeStarts:
-    fake = FakeStarts()
-    monkeypatch.setattr(bridge, "start_workflow", fake.start_workflow)
-    return fake
+def starts() -> FakeStarts:
+    """The bridge a test's Runtime is built on (build_tree(bridge=...))."""
+    return FakeStarts()
 
 
-def make_runtime(tmp_path: Path, **connection: Any) -> tuple[Runtime, ConnectionCell, list[str]]:
-    """A Runtime over a connection cell the test drives by hand (no children run); the pokes it got."""
+def make_runtime(tmp_path: Path, bridge: Any, **connection: Any) -> tuple[Runtime, ConnectionCell, list[str]]:
+    """A Runtime on `bridge` over a connection cell the test drives by hand (no children run); the
+    pokes it got."""
     config = RuntimeConfig(
         state_dir=tmp_path,
         dev_server=None,
         connection=ConnectionConfig(address="127.0.0.1:1", **connection),
         workers=[WorkerSpec("q")],
     )
-    tree = build_tree(config)
+    tree = build_tree(config, bridge=bridge)
     pokes: list[str] = []
     tree.cell.poke = pokes.append  # type: ignore[method-assign, assignment]
     return Runtime(tree), tree.cell, pokes
@@ -75,7 +75,7 @@ class TestStartErrors:
         self, tmp_path: Path, starts: FakeStarts
     ) -> None:
         """Not CONNECTED: TemporalUnavailable(maybe_started=False), and no request was made."""
-        runtime, _cell, _ = make_runtime(tmp_path)
+        runtime, _cell, _ = make_runtime(tmp_path, starts)
         with pytest.raises(TemporalUnavailable) as caught:
             await runtime.start_workflow("W", id="w", task_queue="q")
         assert (False, []) == (caught.value.maybe_started, starts.calls)
@@ -84,7 +84,7 @@ class TestStartErrors:
         self, tmp_path: Path, starts: FakeStarts
     ) -> None:
         """A start that met UNAVAILABLE in flight keeps maybe_started=True and pokes the monitor."""
-        runtime, cell, pokes = make_runtime(tmp_path)
+        runtime, cell, pokes = make_runtime(tmp_path, starts)
         cell.transition(ConnectionState.CONNECTED, "test", client="client-1")  # type: ignore[arg-type]
         starts.error = TemporalUnavailable("start workflow on x: UNAVAILABLE", maybe_started=True)
         with pytest.raises(TemporalUnavailable) as caught:
@@ -95,7 +95,7 @@ class TestStartErrors:
         self, tmp_path: Path, starts: FakeStarts, autojump_clock: trio.testing.MockClock
     ) -> None:
         """The connection drops while the start is in flight: it fails at once, maybe_started=True."""
-        runtime, cell, _ = make_runtime(tmp_path)
+        runtime, cell, _ = make_runtime(tmp_path, starts)
         cell.transition(ConnectionState.CONNECTED, "test", client="client-1")  # type: ignore[arg-type]
         starts.hang = True
         outcome: list[TemporalUnavailable] = []
@@ -116,7 +116,7 @@ class TestStartErrors:
 
     async def test_already_started_passes_through(self, tmp_path: Path, starts: FakeStarts) -> None:
         """WorkflowAlreadyStarted is not a connection problem: raised as is, no probe."""
-        runtime, cell, pokes = make_runtime(tmp_path)
+        runtime, cell, pokes = make_runtime(tmp_path, starts)
         cell.transition(ConnectionState.CONNECTED, "test", client="client-1")  # type: ignore[arg-type]
         starts.error = WorkflowAlreadyStarted("w", "W", "run-1")
         with pytest.raises(
@@ -129,21 +129,21 @@ class TestStartErrors:
 class TestTaskTimeout:
     async def test_default_applied(self, tmp_path: Path, starts: FakeStarts) -> None:
         """Without task_timeout, the start gets ConnectionConfig.workflow_task_timeout."""
-        runtime, cell, _ = make_runtime(tmp_path)
+        runtime, cell, _ = make_runtime(tmp_path, starts)
         cell.transition(ConnectionState.CONNECTED, "test", client="client-1")  # type: ignore[arg-type]
         await runtime.start_workflow("W", id="w", task_queue="q")
         assert timedelta(seconds=WORKFLOW_TASK_TIMEOUT) == starts.calls[0]["task_timeout"]
 
     async def test_configured_value_applied(self, tmp_path: Path, starts: FakeStarts) -> None:
         """A configured workflow_task_timeout is what the start gets."""
-        runtime, cell, _ = make_runtime(tmp_path, workflow_task_timeout=3.5)
+        runtime, cell, _ = make_runtime(tmp_path, starts, workflow_task_timeout=3.5)
         cell.transition(ConnectionState.CONNECTED, "test", client="client-1")  # type: ignore[arg-type]
         await runtime.start_workflow("W", id="w", task_queue="q")
         assert timedelta(seconds=3.5) == starts.calls[0]["task_timeout"]
 
     async def test_caller_wins(self, tmp_path: Path, starts: FakeStarts) -> None:
         """A task_timeout the caller passes (even None: the SDK's default) is left alone."""
-        runtime, cell, _ = make_runtime(tmp_path)
+        runtime, cell, _ = make_runtime(tmp_path, starts)
         cell.transition(ConnectionState.CONNECTED, "test", client="client-1")  # type: ignore[arg-type]
         await runtime.start_workflow("W", id="a", task_queue="q", task_timeout=timedelta(seconds=20))
         await runtime.start_workflow("W", id="b", task_queue="q", task_timeout=None)
@@ -151,7 +151,7 @@ class TestTaskTimeout:
 
     async def test_none_leaves_it_to_the_sdk(self, tmp_path: Path, starts: FakeStarts) -> None:
         """workflow_task_timeout=None: no task_timeout option at all."""
-        runtime, cell, _ = make_runtime(tmp_path, workflow_task_timeout=None)
+        runtime, cell, _ = make_runtime(tmp_path, starts, workflow_task_timeout=None)
         cell.transition(ConnectionState.CONNECTED, "test", client="client-1")  # type: ignore[arg-type]
         await runtime.start_workflow("W", id="w", task_queue="q")
         assert "task_timeout" not in starts.calls[0]
@@ -210,35 +210,24 @@ class TestBridgeMapping:
 
 class TestStickyTimeout:
     @staticmethod
-    def built_options(monkeypatch: pytest.MonkeyPatch, spec: WorkerSpec) -> dict[str, Any]:
-        built: dict[str, Any] = {}
+    def built_options(spec: WorkerSpec) -> dict[str, Any]:
+        """What the bridge's make_worker passes to temporalio's Worker for `spec`."""
+        return bridge.worker_options(spec)
 
-        def fake_worker(client: Any, **options: Any) -> Any:
-            built.update(options)
-            return "worker"
-
-        monkeypatch.setattr(bridge, "Worker", fake_worker)
-
-        async def on_fatal_error(error: BaseException) -> None:
-            pass
-
-        bridge.make_worker("client", spec, on_fatal_error)  # type: ignore[arg-type]
-        return built
-
-    def test_default_sticky_timeout(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_default_sticky_timeout(self) -> None:
         """The Worker gets sticky_queue_schedule_to_start_timeout = WorkerSpec.sticky_timeout (default)."""
-        options = self.built_options(monkeypatch, WorkerSpec("q"))
+        options = self.built_options(WorkerSpec("q"))
         assert timedelta(seconds=STICKY_TIMEOUT) == options["sticky_queue_schedule_to_start_timeout"]
 
-    def test_configured_sticky_timeout(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_configured_sticky_timeout(self) -> None:
         """A configured sticky_timeout is passed in seconds."""
-        options = self.built_options(monkeypatch, WorkerSpec("q", sticky_timeout=0.5))
+        options = self.built_options(WorkerSpec("q", sticky_timeout=0.5))
         assert timedelta(seconds=0.5) == options["sticky_queue_schedule_to_start_timeout"]
 
-    def test_options_override(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_options_override(self) -> None:
         """WorkerSpec.options may still set the SDK option itself."""
         spec = WorkerSpec("q", options={"sticky_queue_schedule_to_start_timeout": timedelta(seconds=9)})
-        options = self.built_options(monkeypatch, spec)
+        options = self.built_options(spec)
         assert timedelta(seconds=9) == options["sticky_queue_schedule_to_start_timeout"]
 
 
@@ -252,6 +241,7 @@ class FakeStack:
     order: list[tuple[str, str]] = attrs.Factory(list)  # (what, connection state at that moment)
     cell: ConnectionCell | None = None
     stops: dict[int, trio.Event] = attrs.Factory(dict)
+    shutdown_hangs: bool = False
 
     def state(self) -> str:
         return self.cell.state.value if self.cell is not None else "?"
@@ -277,35 +267,21 @@ class FakeStack:
 
     async def shutdown_worker(self, worker: int) -> None:
         self.order.append(("shutdown_worker", self.state()))
+        if self.shutdown_hangs:
+            await trio.sleep_forever()  # inside the worker's shielded cleanup: only its own bound
         self.stops[worker].set()
-
-
-def patch_stack(monkeypatch: pytest.MonkeyPatch, fake: FakeStack) -> None:
-    """The bridge (and the connection's TCP probe) replaced by `fake`."""
-    from stigmer_trio._tree import _serve_connection as connection_module
-
-    for name in ("connect", "check_health", "describe_namespace", "make_worker", "run_worker",
-                 "shutdown_worker"):  # fmt: skip
-        monkeypatch.setattr(bridge, name, getattr(fake, name))
-    monkeypatch.setattr(connection_module, "_tcp_accepts", fake.tcp_accepts)
 
 
 class TestGracefulStop:
     async def test_shutdown_timeout_bounds_leaving_open_runtime(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+        self, tmp_path: Path, autojump_clock: trio.testing.MockClock
     ) -> None:
         """RuntimeConfig.shutdown_timeout is the root shutdown deadline: a Worker whose shutdown ignores
         cancellation (its own budget: 60 + 2 s) holds up leaving open_runtime for exactly 3 s; it and
         the children not yet stopped at the deadline are abandoned (their cleanup goes on)."""
-        from stigmer_trio import ChildAbandoned, open_runtime
+        from stigmer_trio import ChildAbandoned
 
-        fake = FakeStack()
-        patch_stack(monkeypatch, fake)
-
-        async def shutdown_hangs(worker: int) -> None:
-            await trio.sleep_forever()  # inside the worker's shielded cleanup: only its own 61 s bound
-
-        monkeypatch.setattr(bridge, "shutdown_worker", shutdown_hangs)
+        fake = FakeStack(shutdown_hangs=True)  # the Worker's own bound: 60 + 2 s
         events: list[Any] = []
         config = RuntimeConfig(
             state_dir=tmp_path,
@@ -314,22 +290,17 @@ class TestGracefulStop:
             workers=[WorkerSpec("a", graceful_shutdown_timeout=60.0)],
             shutdown_timeout=3.0,
         )
-        async with open_runtime(config, hooks=(events.append,)) as rt:
+        async with _open_runtime(config, (events.append,), fake) as rt:
             await rt.wait_ready()
             left_at = trio.current_time()
         assert 3.0 == trio.current_time() - left_at
         abandoned = [ChildAbandoned("worker:a", "runtime", 3.0), ChildAbandoned("connection", "runtime", 0.0)]
         assert abandoned == [e for e in events if isinstance(e, ChildAbandoned)]
 
-    async def test_workers_shut_down_before_the_connection_closes(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    async def test_workers_shut_down_before_the_connection_closes(self, tmp_path: Path) -> None:
         """Leaving open_runtime: every Worker.shutdown() (which sends ShutdownWorker, releasing its sticky
         queue) runs while the connection is still CONNECTED; the connection closes after."""
-        from stigmer_trio import open_runtime
-
         fake = FakeStack()
-        patch_stack(monkeypatch, fake)
 
         def record(event: Any) -> None:
             if type(event).__name__ == "ConnectionStateChanged" and event.new == "closed":
@@ -341,7 +312,7 @@ class TestGracefulStop:
             connection=ConnectionConfig(address="127.0.0.1:1"),
             workers=[WorkerSpec("a"), WorkerSpec("b")],
         )
-        async with open_runtime(config, hooks=(record,)) as rt:
+        async with _open_runtime(config, (record,), fake) as rt:
             fake.cell = rt._cell
             with trio.fail_after(5):
                 await rt.wait_ready()

@@ -44,6 +44,8 @@ __all__ = [
     "run_worker",
     "shutdown_worker",
     "start_workflow",
+    "tcp_accepts",
+    "worker_options",
     "workflow_result",
 ]
 
@@ -114,6 +116,22 @@ async def connect(
         Client.connect, address, namespace=namespace, tls=tls, api_key=api_key, runtime=sdk_runtime()
     )
     return await _call(call, timeout=timeout, what="connect to", address=address)
+
+
+_TCP_PROBE_TIMEOUT = 0.5
+
+
+async def tcp_accepts(address: str) -> bool:
+    """Does anything accept TCP at `address` right now? (Microseconds against a closed local port.)"""
+    host, _, port = address.rpartition(":")
+    with trio.move_on_after(_TCP_PROBE_TIMEOUT):
+        try:
+            stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
 
 
 async def check_health(client: Client, *, timeout: float) -> None:
@@ -187,14 +205,19 @@ async def run_asyncio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     return result
 
 
+def worker_options(spec: WorkerSpec) -> dict[str, Any]:
+    """The Worker options `spec` gives: the runtime's defaults (the sticky timeout), then spec.options."""
+    return {
+        "sticky_queue_schedule_to_start_timeout": timedelta(seconds=spec.sticky_timeout),
+        **spec.options,
+    }
+
+
 def make_worker(
     client: Client, spec: WorkerSpec, on_fatal_error: Callable[[BaseException], Awaitable[None]]
 ) -> Worker:
     """A temporalio Worker for `spec` whose executors trio-asyncio accepts."""
-    options = {
-        "sticky_queue_schedule_to_start_timeout": timedelta(seconds=spec.sticky_timeout),
-        **spec.options,
-    }
+    options = worker_options(spec)
     executor = trio_asyncio.TrioExecutor(max_workers=options.pop("max_workers", 200))
     return Worker(
         client,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core._config import DevServerConfig, RuntimeConfig, WorkerSpec
 from .._core._events import EventHook
@@ -23,6 +23,9 @@ from ._serve_http import ControlApp, HttpServer
 from ._serve_worker import WorkerStatus, serve_worker
 from ._status import StatusBoard
 from ._supervisor import ChildSpec, Strategy, Supervisor
+
+if TYPE_CHECKING:
+    from .._boundary._bridge import Bridge
 
 __all__ = ["HTTP_POLICY", "Tree", "build_tree"]
 
@@ -69,6 +72,7 @@ class Tree:
         devserver: DevServer | None,
         workers: dict[str, WorkerStatus],
         http: HttpServer | None,
+        bridge: Bridge | None,
     ) -> None:
         self.config = config
         self.hub = hub
@@ -80,6 +84,7 @@ class Tree:
         self.devserver = devserver
         self.workers = workers
         self.http = http
+        self.bridge = bridge  # None: the real one, imported when first used
 
     def close(self) -> None:
         """Release what building took (the endpoint's bound socket); after the tree has stopped."""
@@ -96,9 +101,12 @@ def _worker_specs(config: RuntimeConfig) -> list[WorkerSpec]:
     return specs
 
 
-def build_tree(config: RuntimeConfig, hooks: Sequence[EventHook] = ()) -> Tree:
+def build_tree(
+    config: RuntimeConfig, hooks: Sequence[EventHook] = (), *, bridge: Bridge | None = None
+) -> Tree:
     """The runtime's tree for `config`, not started. Raises HttpPortInUse when the endpoint's address
-    cannot be bound."""
+    cannot be bound. `bridge`: Temporal for the connection and the workers (default: the real one; a
+    test passes a fake)."""
     connection = config.effective_connection()
     metrics = Metrics()
     event_log = EventLog()
@@ -128,10 +136,10 @@ def build_tree(config: RuntimeConfig, hooks: Sequence[EventHook] = ()) -> Tree:
         return ChildSpec(name, serve, policy=policy, shutdown_timeout=budget)
 
     def work(spec: WorkerSpec) -> Serve:
-        return functools.partial(serve_worker, spec, cell, workers[spec.task_queue], hub.emit)
+        return functools.partial(serve_worker, spec, cell, workers[spec.task_queue], hub.emit, bridge=bridge)
 
     dev = config.dev_server
-    connect = functools.partial(serve_connection, connection, cell, hub)
+    connect = functools.partial(serve_connection, connection, cell, hub, bridge=bridge)
     children = [
         #     name                          serve            policy       shutdown budget
         *([child(ChildName.DEVSERVER,       devserver.serve, dev.policy,  devserver_stop_budget(dev))]
@@ -156,4 +164,4 @@ def build_tree(config: RuntimeConfig, hooks: Sequence[EventHook] = ()) -> Tree:
         on_event=hub.emit,
         shutdown_timeout=config.shutdown_timeout,
     )
-    return Tree(config, hub, cell, board, metrics, event_log, supervisor, devserver, workers, http)
+    return Tree(config, hub, cell, board, metrics, event_log, supervisor, devserver, workers, http, bridge)

@@ -22,12 +22,12 @@ from ._cell import ConnectionCell, Poke
 from ._hub import EventHub
 
 if TYPE_CHECKING:
+    from .._boundary._bridge import Bridge
     from .._boundary._temporal import Client
 
 __all__ = ["serve_connection"]
 
 _TCP_POLL = 0.02  # seconds between TCP probes while the server refuses connections
-_TCP_PROBE_TIMEOUT = 0.5
 
 
 async def serve_connection(
@@ -35,12 +35,16 @@ async def serve_connection(
     cell: ConnectionCell,
     hub: EventHub,
     *,
+    bridge: Bridge | None = None,
     rng: random.Random | None = None,
     task_status: trio.TaskStatus[ConnectionCell] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Connect, watch, reconnect, forever. started() at once: nobody waits for Temporal to start."""
-    from .._boundary import _temporal  # not at import: the dev server boots meanwhile
+    """Connect, watch, reconnect, forever. started() at once: nobody waits for Temporal to start.
+    `bridge`: Temporal (default: the real one, imported now: not at import, the dev server boots
+    meanwhile)."""
+    from .._boundary._bridge import temporal_bridge
 
+    temporal = bridge or temporal_bridge()
     rng = rng or random.Random()
     hub.add_hook(cell.on_event)
     task_status.started(cell)
@@ -56,16 +60,14 @@ async def serve_connection(
             client = None
             try:
                 with cell.server_scope(), trio.fail_after(config.connect_timeout):
-                    client = await _temporal.connect(
+                    client = await temporal.connect(
                         config.address,
                         config.namespace,
                         timeout=config.connect_timeout,
                         tls=config.tls,
                         api_key=config.api_key,
                     )
-                    await _temporal.describe_namespace(
-                        client, config.namespace, timeout=config.health_timeout
-                    )
+                    await temporal.describe_namespace(client, config.namespace, timeout=config.health_timeout)
             except (TemporalUnavailable, trio.TooSlowError) as exc:
                 cell.transition(ConnectionState.DISCONNECTED, str(exc) or "connect timed out")
                 if trio.current_time() - began >= config.connect_timeout:
@@ -74,7 +76,7 @@ async def serve_connection(
                     # can notice the network is back, and it must not then sit out an escalated delay.
                     continue
                 attempt += 1
-                if await _back_off(config, cell, config.policy.delay(attempt, rng)):
+                if await _back_off(temporal, config, cell, config.policy.delay(attempt, rng)):
                     attempt = 0  # the server is back: should it still be booting, retry from 50 ms
                 continue
             if client is None or not _current(cell, generation):
@@ -84,12 +86,12 @@ async def serve_connection(
             attempt = 0
             cell.forget(Poke.SERVER_READY, Poke.SERVER_EXITED, Poke.PROBE)
             cell.transition(ConnectionState.CONNECTED, "connected", client)
-            reason = await _watch(config, cell, client)
+            reason = await _watch(temporal, config, cell, client)
             cell.transition(ConnectionState.DISCONNECTED, reason)
             if not _current(cell, generation):
                 continue  # no backoff: the next attempt waits for the next ServerReady
             attempt = 1  # the first reconnect waits initial_delay, unless the server is back sooner
-            await _back_off(config, cell, config.policy.delay(attempt, rng))
+            await _back_off(temporal, config, cell, config.policy.delay(attempt, rng))
     finally:
         cell.transition(ConnectionState.CLOSED, "runtime stopping")
 
@@ -99,20 +101,7 @@ def _current(cell: ConnectionCell, generation: int) -> bool:
     return not cell.follow_server or (cell.server_up and cell.server_generation == generation)
 
 
-async def _tcp_accepts(address: str) -> bool:
-    """Does anything accept TCP at `address` right now? (Microseconds against a closed local port.)"""
-    host, _, port = address.rpartition(":")
-    with trio.move_on_after(_TCP_PROBE_TIMEOUT):
-        try:
-            stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
-        except OSError:
-            return False
-        await stream.aclose()
-        return True
-    return False
-
-
-async def _back_off(config: ConnectionConfig, cell: ConnectionCell, delay: float) -> bool:
+async def _back_off(temporal: Bridge, config: ConnectionConfig, cell: ConnectionCell, delay: float) -> bool:
     """Wait `delay` before the next connect attempt, but go at once when the server is back.
 
     While the port refuses TCP, a cheap TCP probe every 20 ms (and a dev server's ServerReady) ends the
@@ -121,16 +110,16 @@ async def _back_off(config: ConnectionConfig, cell: ConnectionCell, delay: float
     Returns True when it ended early because the server came back.
     """
     deadline = trio.current_time() + delay
-    if await _tcp_accepts(config.address):
+    if await temporal.tcp_accepts(config.address):
         return await cell.wait_poke(delay, Poke.SERVER_READY) is not None
     while (remaining := deadline - trio.current_time()) > 0:
         woken = await cell.wait_poke(min(_TCP_POLL, remaining), Poke.SERVER_READY)
-        if woken or await _tcp_accepts(config.address):
+        if woken or await temporal.tcp_accepts(config.address):
             return True
     return False
 
 
-async def _watch(config: ConnectionConfig, cell: ConnectionCell, client: Client) -> str:
+async def _watch(temporal: Bridge, config: ConnectionConfig, cell: ConnectionCell, client: Client) -> str:
     """Probe every health_interval (or at once when poked); return why the connection is down.
 
     Not the same probe as the dev-server child's, although both may hit one server: that one asks "is
@@ -142,8 +131,6 @@ async def _watch(config: ConnectionConfig, cell: ConnectionCell, client: Client)
     shows only here, and killing a process wants failures in a row where failing calls fast wants the
     first one. Both stay: a loopback health RPC costs ~1 ms.
     """
-    from .._boundary import _temporal  # not at import: the dev server boots meanwhile
-
     while True:
         woken = await cell.wait_poke(config.health_interval, Poke.SERVER_EXITED, Poke.PROBE)
         if woken is Poke.SERVER_EXITED:
@@ -151,7 +138,7 @@ async def _watch(config: ConnectionConfig, cell: ConnectionCell, client: Client)
         began = trio.current_time()
         try:
             with cell.server_scope() as scope:
-                await _temporal.check_health(client, timeout=config.health_timeout)
+                await temporal.check_health(client, timeout=config.health_timeout)
             if scope.cancelled_caught:
                 return "the dev server exited"
         except Exception as exc:  # any failed probe means "not healthy", never a crash of this child

@@ -17,6 +17,7 @@ from .._core._events import ConnectionState, EventHook, WorkerStateChanged
 from ._cell import ConnectionCell
 
 if TYPE_CHECKING:
+    from .._boundary._bridge import Bridge
     from .._boundary._temporal import Worker
 
 __all__ = ["WorkerFailed", "WorkerStatus", "serve_worker"]
@@ -51,22 +52,32 @@ async def serve_worker(
     status: WorkerStatus,
     emit: EventHook,
     *,
+    bridge: Bridge | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """One lifetime: a Worker per connection epoch until the Worker itself fails (raise) or cancel."""
+    """One lifetime: a Worker per connection epoch until the Worker itself fails (raise) or cancel.
+    `bridge`: Temporal (default: the real one, imported at the first epoch)."""
     status.lifetimes += 1
     status.restarts = status.lifetimes - 1
     task_status.started()  # like the connection: running does not wait for Temporal
     while True:
         client, epoch = await cell.wait_connected()
-        await _one_epoch(spec, cell, status, emit, client, epoch)
+        await _one_epoch(bridge, spec, cell, status, emit, client, epoch)
 
 
 async def _one_epoch(
-    spec: WorkerSpec, cell: ConnectionCell, status: WorkerStatus, emit: EventHook, client: Any, epoch: int
+    bridge: Bridge | None,
+    spec: WorkerSpec,
+    cell: ConnectionCell,
+    status: WorkerStatus,
+    emit: EventHook,
+    client: Any,
+    epoch: int,
 ) -> None:
     """Run one Worker until the connection epoch changes (return) or the Worker fails (raise)."""
-    from .._boundary import _temporal
+    from .._boundary._bridge import temporal_bridge
+
+    temporal = bridge or temporal_bridge()
 
     failure: BaseException | None = None
     stopping = False
@@ -79,7 +90,7 @@ async def _one_epoch(
         fatal.set()
 
     try:
-        worker = _temporal.make_worker(client, spec, on_fatal_error)
+        worker = temporal.make_worker(client, spec, on_fatal_error)
     except Exception as exc:
         emit(WorkerStateChanged(spec.task_queue, False, epoch, f"failed: {exc}"))
         raise WorkerFailed(f"the worker of task queue {spec.task_queue!r} cannot be built: {exc}") from exc
@@ -88,7 +99,7 @@ async def _one_epoch(
         async def run() -> None:
             nonlocal failure
             try:
-                await _temporal.run_worker(worker)
+                await temporal.run_worker(worker)
                 if not stopping:
                     failure = failure or WorkerFailed(f"the worker of {spec.task_queue!r} returned")
             except Exception as exc:
@@ -123,7 +134,7 @@ async def _one_epoch(
             # before the connection and the dev server (reverse start order), so the RPC gets through.
             if not replaced:
                 with trio.CancelScope(shield=True):
-                    await _shutdown(worker, spec)
+                    await _shutdown(temporal, worker, spec)
             # Replaced for a new connection: the new Worker starts now; cancelling this one's run()
             # makes the SDK shut it down in the background (in-flight tasks finish meanwhile).
     emit(
@@ -135,10 +146,8 @@ async def _one_epoch(
         raise WorkerFailed(f"the worker of task queue {spec.task_queue!r} failed: {failure}") from failure
 
 
-async def _shutdown(worker: Worker, spec: WorkerSpec) -> None:
+async def _shutdown(temporal: Bridge, worker: Worker, spec: WorkerSpec) -> None:
     """Worker.shutdown() within graceful_shutdown_timeout (+1 s for the SDK's own bookkeeping)."""
-    from .._boundary import _temporal
-
     with trio.move_on_after(spec.graceful_shutdown_timeout + 1.0):
         with contextlib.suppress(Exception):  # already shut down, or never started: nothing to stop
-            await _temporal.shutdown_worker(worker)
+            await temporal.shutdown_worker(worker)
