@@ -570,6 +570,18 @@ class TestRestart:
         assert [] == wait_gone([daemon], timeout=5.0)
         assert "left running for the next daemon" in stack.daemon_log()
 
+    def test_restart_with_a_bad_setting_leaves_the_daemon_running(self, stack: Stack) -> None:
+        """`restart` checks its settings before it stops anything: a bad one is one line, exit 2, and
+        the running daemon and its server are untouched."""
+        report = stack.start()
+        daemon, server = daemon_identity(report), server_identity(report)
+        result = stack.cli("restart", "--state-dir", str(stack.state_dir), "--namespace", "bad name")
+        assert (2, "") == (result.returncode, result.stdout), result.stderr
+        assert "namespace" in one_line(result.stderr)
+        code, after = stack.status()
+        assert 0 == code, after
+        assert (daemon, server) == (daemon_identity(after), server_identity(after))
+
     def test_restart_with_other_settings_replaces_the_server(self, stack: Stack) -> None:
         """`restart` whose settings change the server's command line: the old server is replaced."""
         report = stack.start()

@@ -146,11 +146,13 @@ def up(args: argparse.Namespace, env: Mapping[str, str], file: Mapping[str, Any]
 def restart(
     args: argparse.Namespace, env: Mapping[str, str], file: Mapping[str, Any], state_dir: Path
 ) -> int:
-    """Stop the daemon leaving a healthy dev server running, then `up --detach`: the new one adopts it."""
+    """Stop the daemon leaving a healthy dev server running, then `up --detach`: the new one adopts it.
+    The new settings are checked first: a mistake in them (exit 2) leaves the running daemon alone."""
+    args.detach = True
+    full_config(Settings.gather(args, env, file, state_dir))
     code = _stop(state_dir, RESTART_STOP_TIMEOUT, keep_server=True)
     if code != EXIT_OK:
         return code
-    args.detach = True
     return up(args, env, file, state_dir)
 
 
