@@ -113,9 +113,7 @@ class TestErrorLine:
 
 
 class TestSpawnedServer:
-    async def test_first_lifetime_serves_the_spawned_server(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    async def test_first_lifetime_serves_the_spawned_server(self, tmp_path: Path) -> None:
         """DevServer(spawned=...) serves a server started before it (no spawn, no lock of its own): it is
         ready like one it spawned, and its exit ends the lifetime with the exit code."""
         from typing import Any
@@ -124,18 +122,16 @@ class TestSpawnedServer:
         import trio
 
         from stigmer_trio import DevServerConfig, ServerExited, ServerReady
-        from stigmer_trio._boundary import _temporal as bridge
         from stigmer_trio._boundary._process import ProcessIdentity
         from stigmer_trio._tree._serve_devserver import DevServer, Launch, ServerInfo
 
-        async def connect(*args: Any, **kwargs: Any) -> str:
-            return "client"
+        class AlwaysUp:  # the bridge's readiness and health probes: a `sleep` answers them all
+            async def connect(self, *args: Any, **kwargs: Any) -> str:
+                return "client"
 
-        async def probe(*args: Any, **kwargs: Any) -> None:
-            pass
+            async def probe(self, *args: Any, **kwargs: Any) -> None:
+                pass
 
-        monkeypatch.setattr(bridge, "connect", connect)
-        monkeypatch.setattr(bridge, "probe", probe)
         port = free_port()
         with socket.socket() as listener:  # what answers the readiness check's TCP connect
             listener.bind(("127.0.0.1", port))
@@ -150,6 +146,7 @@ class TestSpawnedServer:
                     tmp_path,
                     on_event=events.append,
                     spawned=Launch(proc, identity, ports),
+                    bridge=AlwaysUp(),  # type: ignore[arg-type]
                 )
                 started: list[ServerInfo] = []
 

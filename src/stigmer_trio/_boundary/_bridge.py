@@ -1,4 +1,4 @@
-# The bridge as the tree sees it: every call the connection child, the worker children and the runtime
+# The bridge as the tree sees it: every call the dev-server, connection and worker children and the runtime
 # facade make into Temporal, as one Protocol, and `temporal_bridge()`, the real one (the _temporal module,
 # imported when first asked for: the dev server boots meanwhile). The tree is handed a Bridge instead of
 # importing _temporal, so a test gives it a fake (tests/runtime/fakes.py) and nothing monkeypatches module
@@ -28,6 +28,8 @@ class Bridge(Protocol):
     async def describe_namespace(self, client: Client, namespace: str, *, timeout: float) -> None: ...
 
     async def check_health(self, client: Client, *, timeout: float) -> None: ...
+
+    async def probe(self, client: Client, namespaces: tuple[str, ...], *, timeout: float) -> None: ...
 
     async def tcp_accepts(self, address: str) -> bool: ...
 

@@ -119,7 +119,7 @@ def build_tree(
     hub.add_hook(cell.on_event)
     devserver = None
     if config.dev_server is not None:
-        devserver = DevServer(config.dev_server, config.state_dir, on_event=hub.emit)
+        devserver = DevServer(config.dev_server, config.state_dir, on_event=hub.emit, bridge=bridge)
     specs = _worker_specs(config)
     workers = {spec.task_queue: WorkerStatus(spec.task_queue) for spec in specs}
     board = StatusBoard(config, cell, devserver, workers)

@@ -45,6 +45,7 @@ from .._observe._logfiles import RotatingLog
 
 if TYPE_CHECKING:
     from .._boundary import _temporal
+    from .._boundary._bridge import Bridge
 
 __all__ = ["DevServer", "Launch", "ServerInfo", "ServerProcess", "find_binary"]
 
@@ -181,8 +182,10 @@ class DevServer:
         on_event: EventHook | None = None,
         clock: Callable[[], float] = time.time,
         spawned: Launch | None = None,
+        bridge: Bridge | None = None,
     ) -> None:
         self.config = config
+        self._bridge = bridge  # Temporal for the readiness and health probes (None: the real one)
         self.paths = StateLayout(state_dir)
         self.log = RotatingLog(self.paths.devserver_log, config.log_max_bytes, config.log_backups)
         self._spawned = spawned
@@ -193,6 +196,11 @@ class DevServer:
         # Set by the daemon's `restart` handover: when this lifetime is cancelled, a server that is ready
         # and healthy is left running (its record kept) for the next daemon to adopt.
         self.keep_running = False
+
+    def _temporal_bridge(self) -> Bridge:
+        from .._boundary._bridge import temporal_bridge
+
+        return self._bridge or temporal_bridge()
 
     # --- one lifetime ----------------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED) -> None:
@@ -398,8 +406,7 @@ class DevServer:
 
     async def _wait_ready(self, address: str, proc: ServerProcess) -> _temporal.Client:
         """Ready = TCP accept AND check_health AND describe_namespace for every namespace."""
-        from .._boundary import _temporal  # imported here, not at start-up: the server boots meanwhile
-
+        temporal = self._temporal_bridge()  # imported here, not at start-up: the server boots meanwhile
         config = self.config
         last = "no answer yet"
         with trio.move_on_after(config.start_timeout):
@@ -412,10 +419,10 @@ class DevServer:
                 try:
                     stream = await trio.open_tcp_stream("127.0.0.1", config.port)
                     await stream.aclose()
-                    client = await _temporal.connect(
+                    client = await temporal.connect(
                         address, config.namespaces[0], timeout=config.health_timeout
                     )
-                    await _temporal.probe(client, config.namespaces, timeout=config.health_timeout)
+                    await temporal.probe(client, config.namespaces, timeout=config.health_timeout)
                     return client
                 except (OSError, TemporalUnavailable) as exc:
                     last = str(exc)
@@ -431,8 +438,7 @@ class DevServer:
         child probes the runtime's own client on the same server, a different question with a
         different answer (calls fail fast, reconnect): both are needed, see its `_watch`.
         """
-        from .._boundary import _temporal  # imported here, not at start-up: the server boots meanwhile
-
+        temporal = self._temporal_bridge()  # imported here, not at start-up: the server boots meanwhile
         config = self.config
         hung: str | None = None
 
@@ -446,7 +452,7 @@ class DevServer:
                     # within health_interval + failures_to_restart * health_timeout of its start.
                     await trio.sleep(config.health_interval if failures == 0 else _RETRY_PROBE)
                     try:
-                        await _temporal.probe(client, config.namespaces, timeout=config.health_timeout)
+                        await temporal.probe(client, config.namespaces, timeout=config.health_timeout)
                         failures = 0
                     except TemporalUnavailable as exc:
                         failures += 1
@@ -492,8 +498,7 @@ class DevServer:
     async def _adopt(self, record: PidRecord, task_status: trio.TaskStatus[ServerInfo]) -> None:
         """Take over a verified server of ours whose daemon died: ready (or, if it was still booting,
         ready within start_timeout) and on the configured address, else stop it and fail this lifetime."""
-        from .._boundary import _temporal  # imported here, not at start-up: the server boots meanwhile
-
+        temporal = self._temporal_bridge()  # imported here, not at start-up: the server boots meanwhile
         config = self.config
         identity = ProcessIdentity.of_record(record)
         address = str(record.extra.get("address", config.address))
@@ -519,10 +524,10 @@ class DevServer:
             while True:
                 try:
                     with trio.fail_after(config.start_timeout):
-                        client = await _temporal.connect(
+                        client = await temporal.connect(
                             address, config.namespaces[0], timeout=config.health_timeout
                         )
-                        await _temporal.probe(client, config.namespaces, timeout=config.health_timeout)
+                        await temporal.probe(client, config.namespaces, timeout=config.health_timeout)
                     break
                 except (TemporalUnavailable, trio.TooSlowError) as exc:
                     # A server found booting (its daemon died before it was ready) gets its start_timeout.
