@@ -39,7 +39,7 @@ TEMPORALIO_IMPORTERS = {"stigmer_trio._boundary._temporal", "stigmer_trio._bound
 # Tree modules every child may share; the rest of the tree (build table, status board) wires children.
 TREE_SHARED = {"_supervisor", "_hub", "_cell"}
 STATE_FILES = ("runtime.json", "runtime.lock", "devserver.json", "devserver.lock", "daemon.log",
-               "devserver.log", "temporal.db")  # fmt: skip
+               "devserver.log", "temporal.db", "outbox.db")  # fmt: skip
 
 
 def modules() -> dict[str, Path]:

@@ -63,6 +63,18 @@ class PortInUse(DevServerError):
     """The dev server's port is held by a process that is not our dev server."""
 
 
+class SubmissionConflict(StigmerError):
+    """A submit reused a workflow id already queued or started with another type, queue or input."""
+
+
+class OutboxFull(StigmerError):
+    """A submit was refused at once: the outbox already holds `max_pending` pending entries."""
+
+
+class SubmissionFailed(StigmerError):
+    """A queued start failed for good (say, the namespace does not exist); the message says why."""
+
+
 def first_leaf(error: BaseException) -> BaseException:
     """The first real exception inside (nested) exception groups (`error` itself if it is none)."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:

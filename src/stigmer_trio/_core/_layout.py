@@ -25,6 +25,7 @@ class StateLayout:
     ``devserver.lock`` (held by the server through an inherited fd) + ``devserver.json``: the dev server.
     ``logs/``: ``daemon.log`` (the detached daemon) and ``devserver.log``. ``home/``: the server's HOME.
     ``temporal.db``: the server's SQLite db (unless configured elsewhere or in memory).
+    ``outbox.db``: the durable start queue (with SQLite's ``-wal`` / ``-shm`` beside it).
     """
 
     __slots__ = ("root",)
@@ -70,3 +71,7 @@ class StateLayout:
     @property
     def db(self) -> Path:
         return self.root / "temporal.db"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox.db"

@@ -1,0 +1,260 @@
+# The durable start queue on disk: <state_dir>/outbox.db, SQLite from the standard library. Every method
+# is synchronous and short; the tree calls them off the Trio thread (trio.to_thread), the CLI directly.
+# Durability: WAL with synchronous=FULL, so a submit that returned survives a SIGKILL of any process and
+# a power loss. A busy timeout lets the CLI write beside a running daemon. Rules: the db and its -wal /
+# -shm files are 0600 (SQLite gives those the db file's mode) and never opened through a symlink; one
+# transaction per call, so a batch of submits shares one commit (group commit: one fsync for many).
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .._core._errors import OutboxFull, StateFileError, SubmissionConflict
+from .._core._outbox import NewEntry, PendingEntry, Submission, SubmissionState
+
+__all__ = ["BUSY_TIMEOUT", "OutboxStore", "SubmitResult"]
+
+BUSY_TIMEOUT = 5.0  # seconds a writer waits for another process's transaction (the CLI beside the daemon)
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- submit order: the drain takes the oldest first
+    id            TEXT NOT NULL UNIQUE,               -- the workflow id, the idempotency key
+    workflow_type TEXT NOT NULL,
+    task_queue    TEXT NOT NULL,
+    payloads      BLOB NOT NULL,                      -- the input, encoded at submit, sent as it is
+    options       TEXT NOT NULL,                      -- the start options, JSON
+    fingerprint   TEXT NOT NULL,                      -- "the same submit": type, queue, input, options
+    request_id    TEXT NOT NULL,                      -- sent with every start attempt (server dedup)
+    state         TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    submitted_at  REAL NOT NULL,
+    next_at       REAL NOT NULL DEFAULT 0,            -- a pending entry is not retried before this
+    started_at    REAL,
+    run_id        TEXT,
+    last_error    TEXT
+);
+CREATE INDEX IF NOT EXISTS entries_due ON entries (state, next_at, seq);
+CREATE INDEX IF NOT EXISTS entries_started ON entries (state, started_at);
+"""
+
+_COLUMNS = "id, workflow_type, task_queue, state, attempts, submitted_at, started_at, run_id, last_error"
+
+
+class SubmitResult:
+    """One submit of a batch: the entry as stored, and whether this submit stored it (False: it was
+    there already, the same start), or the refusal (SubmissionConflict, OutboxFull)."""
+
+    __slots__ = ("created", "error", "submission")
+
+    def __init__(self, submission: Submission | None, created: bool, error: Exception | None = None) -> None:
+        self.submission = submission
+        self.created = created
+        self.error = error
+
+
+def _secure_create(path: Path) -> None:
+    """Create the db file 0600 if missing; refuse a symlink or anything but a regular file of ours."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateFileError(f"{str(path)!r} is a symlink: refusing to open it") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StateFileError(f"{str(path)!r} is not a regular file")
+        if info.st_uid != os.getuid():
+            raise StateFileError(f"{str(path)!r} belongs to uid {info.st_uid}, not to us")
+        if info.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _submission(row: Sequence[Any]) -> Submission:
+    id_, workflow_type, task_queue, state, attempts, submitted_at, started_at, run_id, last_error = row
+    return Submission(
+        id=id_,
+        workflow_type=workflow_type,
+        task_queue=task_queue,
+        state=SubmissionState(state),
+        attempts=attempts,
+        submitted_at=submitted_at,
+        started_at=started_at,
+        run_id=run_id,
+        last_error=last_error,
+    )
+
+
+class OutboxStore:
+    """outbox.db: submit (in batches), the drain's take / mark, and the `queue` command's views."""
+
+    def __init__(self, path: Path) -> None:
+        _secure_create(path)
+        self.path = path
+        self._lock = threading.Lock()  # one connection, used by one thread at a time
+        self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS): two openers may race here
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            raise StateFileError(f"{str(path)!r} has schema version {version}, not {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (the write lock up front: no upgrade deadlock with another writer)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- submit -----------------------------------------------------------------------------------------
+    def submit_many(self, entries: Sequence[NewEntry], *, now: float, max_pending: int) -> list[SubmitResult]:
+        """Store every new entry in ONE transaction (one fsync for the batch); per entry: stored, found
+        (the same start was there: nothing stored), or refused (another start under that id; full)."""
+        results: list[SubmitResult] = []
+        with self._transaction() as db:
+            pending = db.execute("SELECT count(*) FROM entries WHERE state = ?", ("pending",)).fetchone()[0]
+            for entry in entries:
+                found = db.execute(
+                    f"SELECT {_COLUMNS}, fingerprint FROM entries WHERE id = ?", (entry.id,)
+                ).fetchone()
+                if found is not None:
+                    if found[-1] != entry.fingerprint:
+                        conflict = SubmissionConflict(
+                            f"workflow id {entry.id!r} is already queued with another type, task queue, "
+                            "input or options"
+                        )
+                        results.append(SubmitResult(None, False, conflict))
+                    else:
+                        results.append(SubmitResult(_submission(found[:-1]), False))
+                    continue
+                if pending >= max_pending:
+                    full = OutboxFull(f"the outbox is full: {pending} pending, max_pending {max_pending}")
+                    results.append(SubmitResult(None, False, full))
+                    continue
+                db.execute(
+                    "INSERT INTO entries (id, workflow_type, task_queue, payloads, options, fingerprint,"
+                    " request_id, state, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (entry.id, entry.workflow_type, entry.task_queue, entry.payloads, entry.options,
+                     entry.fingerprint, entry.request_id, "pending", now),
+                )  # fmt: skip
+                pending += 1
+                submission = Submission(
+                    entry.id, entry.workflow_type, entry.task_queue, SubmissionState.PENDING, 0, now,
+                    None, None, None,
+                )  # fmt: skip
+                results.append(SubmitResult(submission, True))
+        return results
+
+    # --- reading ----------------------------------------------------------------------------------------
+    def get(self, id: str) -> Submission | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE id = ?", (id,)).fetchone()
+        return None if row is None else _submission(row)
+
+    def entries(self, state: SubmissionState | None = None, limit: int = 1000) -> list[Submission]:
+        """Entries in submit order (oldest first), of one state or all."""
+        query = f"SELECT {_COLUMNS} FROM entries"
+        params: tuple[object, ...] = ()
+        if state is not None:
+            query += " WHERE state = ?"
+            params = (state.value,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
+        return [_submission(row) for row in rows]
+
+    def counts(self, now: float) -> dict[str, float | int | None]:
+        """pending / failed / started, and the age of the oldest pending entry (None without one)."""
+        with self._lock:
+            rows = dict(self._db.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
+            oldest = self._db.execute(
+                "SELECT min(submitted_at) FROM entries WHERE state = 'pending'"
+            ).fetchone()[0]
+        return {
+            "pending": int(rows.get("pending", 0)),
+            "failed": int(rows.get("failed", 0)),
+            "started": int(rows.get("started", 0)),
+            "oldest_pending_age_s": None if oldest is None else round(max(0.0, now - oldest), 3),
+        }
+
+    # --- the drain --------------------------------------------------------------------------------------
+    def take_due(self, now: float, limit: int) -> list[PendingEntry]:
+        """Up to `limit` pending entries whose retry time has come, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, workflow_type, task_queue, payloads, options, request_id, attempts FROM entries"
+                " WHERE state = 'pending' AND next_at <= ? ORDER BY seq LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [PendingEntry(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], int(r[6])) for r in rows]
+
+    def mark_started(self, id: str, run_id: str | None, now: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE entries SET state = 'started', attempts = attempts + 1, started_at = ?, run_id = ?,"
+                " last_error = NULL WHERE id = ? AND state = 'pending'",
+                (now, run_id, id),
+            )
+
+    def mark_retry(self, id: str, error: str, next_at: float) -> None:
+        """A transient failure: still pending, one more attempt counted, not before `next_at`."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE entries SET attempts = attempts + 1, last_error = ?, next_at = ?"
+                " WHERE id = ? AND state = 'pending'",
+                (error, next_at, id),
+            )
+
+    def mark_failed(self, id: str, error: str) -> None:
+        """A permanent failure: FAILED with the reason, until `retry` or `drop`."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE entries SET state = 'failed', attempts = attempts + 1, last_error = ?"
+                " WHERE id = ? AND state = 'pending'",
+                (error, id),
+            )
+
+    # --- the queue command ------------------------------------------------------------------------------
+    def retry(self, id: str) -> bool:
+        """A FAILED entry becomes pending again, due now; False if there is no failed entry `id`."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE entries SET state = 'pending', next_at = 0 WHERE id = ? AND state = 'failed'", (id,)
+            )
+            return cursor.rowcount == 1
+
+    def drop(self, id: str) -> bool:
+        """Forget a pending or failed entry (a started one is history: see `prune`); False if none."""
+        with self._transaction() as db:
+            cursor = db.execute("DELETE FROM entries WHERE id = ? AND state != 'started'", (id,))
+            return cursor.rowcount == 1
+
+    def prune(self, started_before: float) -> int:
+        """Delete started entries older than `started_before`; how many."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM entries WHERE state = 'started' AND started_at < ?", (started_before,)
+            )
+            return cursor.rowcount
