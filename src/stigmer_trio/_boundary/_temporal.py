@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 import trio_asyncio
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.api.common.v1 import Payloads, WorkflowType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, StartWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.converter import DataConverter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
@@ -29,6 +33,7 @@ from .._core._names import DEMO_TASK_QUEUE, NO_ARG
 
 if TYPE_CHECKING:
     from .._core._config import WorkerSpec
+    from .._core._outbox import NewEntry
 
 __all__ = [
     "Client",
@@ -37,12 +42,14 @@ __all__ = [
     "check_health",
     "connect",
     "describe_namespace",
+    "encode_input",
     "make_worker",
     "probe",
     "run_asyncio",
     "run_demo_client",
     "run_worker",
     "shutdown_worker",
+    "start_queued",
     "start_workflow",
     "tcp_accepts",
     "worker_options",
@@ -191,6 +198,61 @@ async def start_workflow(
     except WorkflowAlreadyStartedError as exc:
         raise WorkflowAlreadyStarted(exc.workflow_id, exc.workflow_type, exc.run_id) from exc
     return handle
+
+
+def encode_input(args: Sequence[Any]) -> bytes:
+    """A workflow's arguments as the outbox stores them: temporalio's default data converter, serialized
+    as one Payloads message, sent later as they are (never encoded twice). Raises what the converter
+    raises for an argument it cannot encode."""
+    payloads = DataConverter.default.payload_converter.to_payloads(list(args))
+    return Payloads(payloads=payloads).SerializeToString()
+
+
+async def start_queued(client: Client, namespace: str, entry: NewEntry, *, timeout: float) -> str:
+    """Start a queued entry through the raw service call with the entry's fixed request id: the server
+    answers a repeat of that request (a retry after a lost answer, a daemon killed mid-drain) with the
+    run the first one made, while it runs and after it closed, whatever the id reuse policy says. The run
+    id. (The response's `started` is True for a repeated request too: it cannot tell the two apart.)
+
+    TemporalUnavailable(maybe_started=True) when the request met a down server or its timeout (the
+    retry is safe); WorkflowAlreadyStarted when another start holds the id; other RPCErrors pass."""
+    options = json.loads(entry.options)
+    request = StartWorkflowExecutionRequest(
+        namespace=namespace,
+        workflow_id=entry.id,
+        workflow_type=WorkflowType(name=entry.workflow_type),
+        task_queue=TaskQueue(name=entry.task_queue),
+        input=Payloads.FromString(entry.payloads),
+        request_id=entry.request_id,
+        identity=client.identity,
+    )
+    for field, name in _DURATIONS.items():
+        if options.get(name) is not None:
+            getattr(request, field).FromTimedelta(timedelta(seconds=options[name]))
+    rpc = client.workflow_service.start_workflow_execution
+    call = functools.partial(rpc, request, retry=False, timeout=timedelta(seconds=timeout))
+    try:
+        response = await _call(
+            call,
+            timeout=timeout,
+            what="start workflow on",
+            address=client.service_client.config.target_host,
+            maybe_started=True,
+        )
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.ALREADY_EXISTS:
+            raise WorkflowAlreadyStarted(entry.id, entry.workflow_type) from exc
+        raise
+    run_id: str = response.run_id
+    return run_id
+
+
+# The outbox's stored start options (seconds) -> StartWorkflowExecutionRequest's duration fields.
+_DURATIONS = {
+    "workflow_task_timeout": "task_timeout",
+    "workflow_execution_timeout": "execution_timeout",
+    "workflow_run_timeout": "run_timeout",
+}
 
 
 async def workflow_result(handle: WorkflowHandle[Any, Any]) -> Any:
