@@ -168,6 +168,13 @@ async def probe(client: Client, namespaces: tuple[str, ...], *, timeout: float) 
         await describe_namespace(client, namespace, timeout=max(0.001, deadline - trio.current_time()))
 
 
+async def _start_call(client: Client, call: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """A start request within `timeout`: a down server or the timeout is TemporalUnavailable with
+    maybe_started=True (the request may have reached the server)."""
+    address = client.service_client.config.target_host
+    return await _call(call, timeout=timeout, what="start workflow on", address=address, maybe_started=True)
+
+
 async def start_workflow(
     client: Client,
     workflow: Any,
@@ -188,13 +195,7 @@ async def start_workflow(
     options = {"rpc_timeout": timedelta(seconds=timeout), "request_eager_start": eager, **kwargs}
     call = functools.partial(client.start_workflow, workflow, *args, id=id, task_queue=task_queue, **options)
     try:
-        handle: WorkflowHandle[Any, Any] = await _call(
-            call,
-            timeout=timeout,
-            what="start workflow on",
-            address=client.service_client.config.target_host,
-            maybe_started=True,
-        )
+        handle: WorkflowHandle[Any, Any] = await _start_call(client, call, timeout)
     except WorkflowAlreadyStartedError as exc:
         raise WorkflowAlreadyStarted(exc.workflow_id, exc.workflow_type, exc.run_id) from exc
     return handle
@@ -232,13 +233,7 @@ async def start_queued(client: Client, namespace: str, entry: NewEntry, *, timeo
     rpc = client.workflow_service.start_workflow_execution
     call = functools.partial(rpc, request, retry=False, timeout=timedelta(seconds=timeout))
     try:
-        response = await _call(
-            call,
-            timeout=timeout,
-            what="start workflow on",
-            address=client.service_client.config.target_host,
-            maybe_started=True,
-        )
+        response = await _start_call(client, call, timeout)
     except RPCError as exc:
         if exc.status is RPCStatusCode.ALREADY_EXISTS:
             raise WorkflowAlreadyStarted(entry.id, entry.workflow_type) from exc
