@@ -7,6 +7,7 @@ Local files in tmp_path only: no processes, no sockets, no clock (times are pass
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
@@ -196,6 +197,28 @@ class TestFile:
         (tmp_path / "outbox.db").symlink_to(target)
         with pytest.raises(StateFileError, match="symlink"):
             OutboxStore(tmp_path / "outbox.db")
+
+    @pytest.mark.parametrize(
+        ("content", "match"),
+        [(b"not a database at all" * 100, "is not an outbox db"), (None, "schema version 7")],
+        ids=["garbage", "newer-schema"],
+    )
+    def test_a_file_that_is_not_ours_is_refused(
+        self, tmp_path: Path, content: bytes | None, match: str
+    ) -> None:
+        """Garbage, or a db of a schema this code does not know: StateFileError, the file untouched."""
+        path = tmp_path / "outbox.db"
+        if content is not None:
+            path.write_bytes(content)
+        else:
+            OutboxStore(path).close()
+            db = sqlite3.connect(path)
+            db.execute("PRAGMA user_version=7")
+            db.close()
+        before = path.read_bytes()
+        with pytest.raises(StateFileError, match=match):
+            OutboxStore(path)
+        assert before == path.read_bytes()
 
     def test_a_loose_mode_is_tightened(self, tmp_path: Path) -> None:
         path = tmp_path / "outbox.db"

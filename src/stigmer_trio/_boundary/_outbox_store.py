@@ -104,14 +104,20 @@ class OutboxStore:
         self.path = path
         self._lock = threading.Lock()  # one connection, used by one thread at a time
         self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS): two openers may race here
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StateFileError(f"{str(path)!r} has schema version {version}, not {SCHEMA_VERSION}")
+            self._db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS): two openers may race here
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version != SCHEMA_VERSION:
-            raise StateFileError(f"{str(path)!r} has schema version {version}, not {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StateFileError(f"{str(path)!r} is not an outbox db: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
