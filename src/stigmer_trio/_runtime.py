@@ -164,9 +164,8 @@ class Runtime:
         - ``WorkflowAlreadyStarted`` (``.workflow_id``, ``.workflow_type``, ``.run_id``): the id is
           taken under the policies given (by default: a run with this id is running).
         """
+        client = self._client("start_workflow")  # fail fast first: nothing else before it
         temporal = self._bridge()
-
-        client = self._client("start_workflow")
         timeout = self._connection.workflow_task_timeout
         if timeout is not None:
             kwargs.setdefault("task_timeout", timedelta(seconds=timeout))
@@ -188,9 +187,8 @@ class Runtime:
     ) -> Any:
         """start_workflow (same errors and retry rules), then wait for its result; a failure while
         waiting raises TemporalUnavailable with ``maybe_started=True`` (the workflow was started)."""
-        temporal = self._bridge()
-
         handle = await self.start_workflow(workflow, arg, id=id, task_queue=task_queue, **kwargs)
+        temporal = self._bridge()
         try:
             return await temporal.workflow_result(handle)
         except TemporalUnavailable:
@@ -203,9 +201,8 @@ class Runtime:
         TemporalUnavailable at once when not CONNECTED, and when the connection drops during the call
         (the call is cancelled then); what `fn` raises passes through. Cancelling the caller cancels
         the asyncio task."""
-        temporal = self._bridge()
-
         client = self._client("run_asyncio")
+        temporal = self._bridge()
         return await self._call(functools.partial(temporal.run_asyncio, fn, client, *args))
 
     def status(self) -> dict[str, Any]:
