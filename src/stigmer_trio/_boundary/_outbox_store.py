@@ -6,10 +6,8 @@
 # transaction per call, so a batch of submits shares one commit (group commit: one fsync for many).
 from __future__ import annotations
 
-import errno
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +16,7 @@ from typing import Any
 
 from .._core._errors import OutboxFull, StateFileError, SubmissionConflict
 from .._core._outbox import NewEntry, PendingEntry, Submission, SubmissionState
+from ._statefiles import open_regular
 
 __all__ = ["BUSY_TIMEOUT", "OutboxStore", "SubmitResult"]
 
@@ -62,19 +61,12 @@ class SubmitResult:
 
 
 def _secure_create(path: Path) -> None:
-    """Create the db file 0600 if missing; refuse a symlink or anything but a regular file of ours."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StateFileError(f"{str(path)!r} is a symlink: refusing to open it") from None
-        raise
+    """Create the db file 0600 if missing; refuse a symlink, a non-regular file, or another user's."""
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT, "outbox db", 0o600)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise StateFileError(f"{str(path)!r} is not a regular file")
         if info.st_uid != os.getuid():
-            raise StateFileError(f"{str(path)!r} belongs to uid {info.st_uid}, not to us")
+            raise StateFileError(f"refusing to use outbox db {str(path)!r}: it belongs to uid {info.st_uid}")
         if info.st_mode & 0o077:
             os.fchmod(fd, 0o600)
     finally:

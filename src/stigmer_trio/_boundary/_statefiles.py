@@ -28,6 +28,7 @@ __all__ = [
     "PidRecord",
     "ensure_state_dir",
     "lock_is_held",
+    "open_regular",
     "read_pid_file",
     "remove_pid_file",
     "write_pid_file",
@@ -99,7 +100,7 @@ def _refuse(path: Path, exc: OSError, what: str) -> StateFileError:
     return StateFileError(f"cannot use {what} {str(path)!r}: {exc}")
 
 
-def _open_regular(path: Path, flags: int, what: str, mode: int = _FILE_MODE) -> int:
+def open_regular(path: Path, flags: int, what: str, mode: int = _FILE_MODE) -> int:
     """os.open with O_NOFOLLOW|O_CLOEXEC; a symlink or a non-regular file is a StateFileError."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
@@ -149,7 +150,7 @@ class FileLock:
         """Take the lock without waiting for a holder: True if we hold it (now or already), else False."""
         if self._fd is not None:
             return True
-        fd = _open_regular(self._path, os.O_RDWR | os.O_CREAT, "lock file")
+        fd = open_regular(self._path, os.O_RDWR | os.O_CREAT, "lock file")
         try:
             for attempt in range(_ACQUIRE_TRIES):
                 try:
@@ -219,7 +220,7 @@ def lock_is_held(path: _StrPath) -> bool:
     """
     lock_path = Path(path)
     try:
-        fd = _open_regular(lock_path, os.O_RDONLY | os.O_NONBLOCK, "lock file")
+        fd = open_regular(lock_path, os.O_RDONLY | os.O_NONBLOCK, "lock file")
     except (FileNotFoundError, NotADirectoryError):
         return False
     try:
@@ -395,7 +396,7 @@ def read_pid_file(path: _StrPath) -> PidRecord | None:
     source = Path(path)
     try:
         # O_NONBLOCK: a FIFO planted at the path must not hang the open; fstat then rejects it.
-        fd = _open_regular(source, os.O_RDONLY | os.O_NONBLOCK, "pid file")
+        fd = open_regular(source, os.O_RDONLY | os.O_NONBLOCK, "pid file")
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
