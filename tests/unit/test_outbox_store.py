@@ -93,11 +93,17 @@ class TestSubmit:
         assert 3 == store.counts(now=2.0)["pending"]
 
     def test_a_batch_is_one_transaction(self, store: OutboxStore) -> None:
-        """1000 submits in one call are stored together (one commit: one fsync for all of them)."""
-        before = store._db.total_changes
+        """1000 submits in one call are stored in one transaction: one COMMIT (one fsync) for them all."""
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
         results = store.submit_many([entry(f"e{i}") for i in range(1000)], now=1.0, max_pending=MANY)
+        store._db.set_trace_callback(None)
         assert all(r.created for r in results)
-        assert 1000 == store._db.total_changes - before
+        assert (1, 1, 1000) == (
+            statements.count("BEGIN IMMEDIATE"),
+            statements.count("COMMIT"),
+            sum(s.startswith("INSERT") for s in statements),
+        )
         assert 1000 == store.counts(now=1.0)["pending"]
 
 
