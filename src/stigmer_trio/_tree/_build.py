@@ -9,6 +9,8 @@ import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from .._core._config import DevServerConfig, RuntimeConfig, WorkerSpec
 from .._core._events import EventHook
 from .._core._names import RUNTIME_SUPERVISOR, ChildName, worker_child
@@ -56,35 +58,22 @@ def worker_stop_budget(spec: WorkerSpec) -> float:
     return spec.graceful_shutdown_timeout + WORKER_SLACK
 
 
+@attrs.frozen(eq=False)
 class Tree:
     """The built tree: what the runtime facade, the endpoint and the daemon read. Nothing runs yet:
-    `supervisor.serve` starts the children."""
+    `supervisor.serve` starts the children. `bridge` None: the real one, imported when first used."""
 
-    def __init__(
-        self,
-        config: RuntimeConfig,
-        hub: EventHub,
-        cell: ConnectionCell,
-        board: StatusBoard,
-        metrics: Metrics,
-        event_log: EventLog,
-        supervisor: Supervisor,
-        devserver: DevServer | None,
-        workers: dict[str, WorkerStatus],
-        http: HttpServer | None,
-        bridge: Bridge | None,
-    ) -> None:
-        self.config = config
-        self.hub = hub
-        self.cell = cell
-        self.board = board
-        self.metrics = metrics
-        self.event_log = event_log
-        self.supervisor = supervisor
-        self.devserver = devserver
-        self.workers = workers
-        self.http = http
-        self.bridge = bridge  # None: the real one, imported when first used
+    config: RuntimeConfig
+    hub: EventHub
+    cell: ConnectionCell
+    board: StatusBoard
+    metrics: Metrics
+    event_log: EventLog
+    supervisor: Supervisor
+    devserver: DevServer | None
+    workers: dict[str, WorkerStatus]
+    http: HttpServer | None
+    bridge: Bridge | None
 
     def close(self) -> None:
         """Release what building took (the endpoint's bound socket); after the tree has stopped."""
