@@ -10,14 +10,24 @@ TYPE_CHECKING = False  # not `from typing import`: typing costs ~8 ms on the CLI
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._core._config import ConnectionConfig, DevServerConfig, HttpConfig, RuntimeConfig, WorkerSpec
+    from ._core._config import (
+        ConnectionConfig,
+        DevServerConfig,
+        HttpConfig,
+        OutboxConfig,
+        RuntimeConfig,
+        WorkerSpec,
+    )
     from ._core._errors import (
         ConfigError,
         DevServerError,
         IdentityMismatch,
+        OutboxFull,
         PortInUse,
         StateFileError,
         StigmerError,
+        SubmissionConflict,
+        SubmissionFailed,
         TemporalUnavailable,
         WorkflowAlreadyStarted,
     )
@@ -32,12 +42,18 @@ if TYPE_CHECKING:
         EventHook,
         FailFastRejected,
         HealthChecked,
+        OutboxCounted,
         RestartLimitExceeded,
         RestartRecord,
         ServerExited,
         ServerReady,
+        SubmissionDelayed,
+        SubmissionRejected,
+        SubmissionsQueued,
+        SubmissionStarted,
         WorkerStateChanged,
     )
+    from ._core._outbox import Submission, SubmissionState
     from ._core._policy import RestartPolicy
     from ._runtime import Runtime, open_runtime, run
     from ._tree._supervisor import ChildSpec, ChildState, ChildStatus, Restart, Strategy, Supervisor
@@ -81,6 +97,17 @@ _EXPORTS: dict[str, str] = {
     "Restart": "._tree._supervisor",
     "Strategy": "._tree._supervisor",
     "Supervisor": "._tree._supervisor",
+    "OutboxConfig": "._core._config",
+    "OutboxFull": "._core._errors",
+    "SubmissionConflict": "._core._errors",
+    "SubmissionFailed": "._core._errors",
+    "OutboxCounted": "._core._events",
+    "SubmissionDelayed": "._core._events",
+    "SubmissionRejected": "._core._events",
+    "SubmissionStarted": "._core._events",
+    "SubmissionsQueued": "._core._events",
+    "Submission": "._core._outbox",
+    "SubmissionState": "._core._outbox",
 }
 
 __all__ = [
@@ -103,6 +130,9 @@ __all__ = [
     "HealthChecked",
     "HttpConfig",
     "IdentityMismatch",
+    "OutboxConfig",
+    "OutboxCounted",
+    "OutboxFull",
     "PortInUse",
     "Restart",
     "RestartLimitExceeded",
@@ -115,6 +145,14 @@ __all__ = [
     "StateFileError",
     "StigmerError",
     "Strategy",
+    "Submission",
+    "SubmissionConflict",
+    "SubmissionDelayed",
+    "SubmissionFailed",
+    "SubmissionRejected",
+    "SubmissionStarted",
+    "SubmissionState",
+    "SubmissionsQueued",
     "Supervisor",
     "TemporalUnavailable",
     "WorkerSpec",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,7 +16,7 @@ import trio
 import trio_asyncio
 
 from ._core._config import RuntimeConfig
-from ._core._errors import TemporalUnavailable, first_leaf
+from ._core._errors import ConfigError, TemporalUnavailable, first_leaf
 from ._core._events import (
     ConnectionState,
     ConnectionStateChanged,
@@ -25,6 +26,7 @@ from ._core._events import (
     RestartLimitExceeded,
 )
 from ._core._names import NO_ARG
+from ._core._outbox import NewEntry, Submission
 from ._tree._cell import Poke
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from ._boundary._temporal import Client, WorkflowHandle
     from ._observe._logs import EventLog
     from ._tree._build import Tree
+    from ._tree._serve_outbox import Outbox
 
 __all__ = ["Runtime", "open_runtime", "run"]
 
@@ -204,6 +207,66 @@ class Runtime:
         client = self._client("run_asyncio")
         temporal = self._bridge()
         return await self._call(functools.partial(temporal.run_asyncio, fn, client, *args))
+
+    # --- the durable start queue (RuntimeConfig.outbox) --------------------------------------------------
+    def _outbox(self) -> Outbox:
+        if self._tree.outbox is None:
+            raise ConfigError("outbox is off (RuntimeConfig.outbox is None): there is no start queue")
+        return self._tree.outbox
+
+    async def submit_workflow(
+        self,
+        workflow: Any,
+        arg: Any = NO_ARG,
+        *,
+        args: Sequence[Any] = (),
+        id: str,
+        task_queue: str,
+        **start_options: Any,
+    ) -> Submission:
+        """Queue a workflow start: returns once it is durably recorded (committed and fsynced in
+        ``<state_dir>/outbox.db``), whether Temporal is up or not; the outbox child starts it when the
+        connection is CONNECTED, exactly once, whatever dies when.
+
+        `workflow`, `arg` / `args` and `start_options` as for temporalio's ``Client.start_workflow``.
+        The arguments are encoded now with temporalio's default data converter (one that cannot be
+        encoded raises here and nothing is stored) and sent later as they are. Queued starts take
+        ``execution_timeout``, ``run_timeout``, ``task_timeout``, ``start_delay``, ``id_reuse_policy``,
+        ``id_conflict_policy``, ``retry_policy``, ``cron_schedule`` and ``memo``; any other option, and
+        ``TERMINATE_IF_RUNNING`` / ``TERMINATE_EXISTING`` (a start sent again would end the run it made),
+        raise ValueError / TypeError naming it.
+
+        `id` is the idempotency key: a submit of an id already queued or started (and not yet pruned:
+        ``OutboxConfig.retain``) with the same type, task queue, arguments and options returns that
+        entry and stores nothing; with different ones it raises SubmissionConflict. OutboxFull when
+        ``max_pending`` entries are pending already. Never TemporalUnavailable."""
+        outbox = self._outbox()
+        if not isinstance(id, str) or not id:
+            raise ValueError(f"id must be a non-empty workflow id, got {id!r}")
+        if not isinstance(task_queue, str) or not task_queue:
+            raise ValueError(f"task_queue must be a non-empty task queue name, got {task_queue!r}")
+        if arg is not NO_ARG:
+            if args:
+                raise ValueError("pass one argument as `arg` or several as `args`, not both")
+            args = (arg,)
+        workflow_type, payloads, options = self._bridge().encode_submission(workflow, args, start_options)
+        entry = NewEntry(id, workflow_type, task_queue, payloads, options, uuid.uuid4().hex)
+        return await outbox.submit(entry)
+
+    async def submission(self, id: str) -> Submission | None:
+        """The queued start of workflow id `id` as it is now (None: never queued, dropped or pruned)."""
+        return await self._outbox().get(id)
+
+    async def wait_started(self, id: str) -> Submission:
+        """Wait until the queued start of `id` is STARTED (returned, with its run id); SubmissionFailed
+        when it is FAILED (the server refused it for good), or unknown / dropped from the queue.
+        Cancellation just stops the wait."""
+        return await self._outbox().wait_started(id)
+
+    async def outbox_status(self) -> dict[str, Any]:
+        """The outbox section of `status`, read fresh: ``pending``, ``failed``, ``started`` (not yet
+        pruned) and ``oldest_pending_age_s`` (None without a pending entry)."""
+        return await self._outbox().counts()
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot, the document of GET /status and `status --json`: connection, workers,

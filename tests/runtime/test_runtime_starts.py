@@ -63,6 +63,7 @@ def make_runtime(tmp_path: Path, bridge: Any, **connection: Any) -> tuple[Runtim
         dev_server=None,
         connection=ConnectionConfig(address="127.0.0.1:1", **connection),
         workers=[WorkerSpec("q")],
+        outbox=None,
     )
     tree = build_tree(config, bridge=bridge)
     pokes: list[str] = []
@@ -289,6 +290,7 @@ class TestGracefulStop:
             connection=ConnectionConfig(address="127.0.0.1:1"),
             workers=[WorkerSpec("a", graceful_shutdown_timeout=60.0)],
             shutdown_timeout=3.0,
+            outbox=None,  # its db threads would let the autojump clock run on
         )
         async with _open_runtime(config, (events.append,), fake) as rt:
             await rt.wait_ready()

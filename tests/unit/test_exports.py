@@ -26,6 +26,9 @@ PUBLIC = [
     "HealthChecked",
     "HttpConfig",
     "IdentityMismatch",
+    "OutboxConfig",
+    "OutboxCounted",
+    "OutboxFull",
     "PortInUse",
     "Restart",
     "RestartLimitExceeded",
@@ -38,6 +41,14 @@ PUBLIC = [
     "StateFileError",
     "StigmerError",
     "Strategy",
+    "Submission",
+    "SubmissionConflict",
+    "SubmissionDelayed",
+    "SubmissionFailed",
+    "SubmissionRejected",
+    "SubmissionStarted",
+    "SubmissionState",
+    "SubmissionsQueued",
     "Supervisor",
     "TemporalUnavailable",
     "WorkerSpec",
@@ -77,7 +88,8 @@ class TestExports:
 
     def test_errors_share_a_base(self) -> None:
         """Every error raised on purpose is a StigmerError."""
-        for name in ("ConfigError", "IdentityMismatch", "RestartLimitExceeded", "StateFileError",
+        for name in ("OutboxFull", "SubmissionConflict", "SubmissionFailed",
+                     "ConfigError", "IdentityMismatch", "RestartLimitExceeded", "StateFileError",
                      "TemporalUnavailable", "WorkflowAlreadyStarted"):  # fmt: skip
             assert issubclass(getattr(stigmer_trio, name), stigmer_trio.StigmerError)
 

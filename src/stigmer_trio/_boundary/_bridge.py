@@ -9,7 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .._core._config import WorkerSpec
+    from .._core._outbox import NewEntry
     from ._temporal import Client, Worker, WorkflowHandle
 
 __all__ = ["Bridge", "temporal_bridge"]
@@ -53,6 +56,20 @@ class Bridge(Protocol):
         eager: bool,
         **kwargs: Any,
     ) -> WorkflowHandle[Any, Any]: ...
+
+    def encode_submission(
+        self, workflow: Any, args: Sequence[Any], options: dict[str, Any]
+    ) -> tuple[str, bytes, str]: ...
+
+    async def start_queued(
+        self,
+        client: Client,
+        namespace: str,
+        entry: NewEntry,
+        *,
+        timeout: float,
+        task_timeout: float | None = None,
+    ) -> str: ...
 
     async def workflow_result(self, handle: WorkflowHandle[Any, Any]) -> Any: ...
 

@@ -12,13 +12,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._core._errors import OutboxFull, StateFileError, SubmissionConflict
 from .._core._outbox import NewEntry, PendingEntry, Submission, SubmissionState
 from ._statefiles import open_regular
 
-__all__ = ["BUSY_TIMEOUT", "OutboxStore", "SubmitResult"]
+__all__ = ["BUSY_TIMEOUT", "Mark", "OutboxStore", "SubmitResult"]
 
 BUSY_TIMEOUT = 5.0  # seconds a writer waits for another process's transaction (the CLI beside the daemon)
 SCHEMA_VERSION = 1
@@ -46,6 +46,17 @@ CREATE INDEX IF NOT EXISTS entries_started ON entries (state, started_at);
 """
 
 _COLUMNS = "id, workflow_type, task_queue, state, attempts, submitted_at, started_at, run_id, last_error"
+
+
+class Mark(NamedTuple):
+    """What became of one start attempt: STARTED (`at` = when, `run_id`, `error` = a note), FAILED
+    (`error` = why), or PENDING again (`at` = not retried before, `error` = what failed)."""
+
+    id: str
+    state: SubmissionState
+    at: float
+    run_id: str | None
+    error: str | None
 
 
 class SubmitResult:
@@ -208,31 +219,61 @@ class OutboxStore:
             ).fetchall()
         return [PendingEntry(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], int(r[6])) for r in rows]
 
-    def mark_started(self, id: str, run_id: str | None, now: float) -> None:
+    def mark_many(self, marks: Sequence[Mark]) -> None:
+        """What became of a batch of start attempts, in ONE transaction (group commit, like submits). A
+        mark only touches a PENDING entry: one dropped or already marked meanwhile stays as it is."""
         with self._transaction() as db:
-            db.execute(
-                "UPDATE entries SET state = 'started', attempts = attempts + 1, started_at = ?, run_id = ?,"
-                " last_error = NULL WHERE id = ? AND state = 'pending'",
-                (now, run_id, id),
-            )
+            for mark in marks:
+                if mark.state is SubmissionState.STARTED:
+                    db.execute(
+                        "UPDATE entries SET state = 'started', attempts = attempts + 1, started_at = ?,"
+                        " run_id = ?, last_error = ? WHERE id = ? AND state = 'pending'",
+                        (mark.at, mark.run_id, mark.error, mark.id),
+                    )
+                elif mark.state is SubmissionState.FAILED:
+                    db.execute(
+                        "UPDATE entries SET state = 'failed', attempts = attempts + 1, last_error = ?"
+                        " WHERE id = ? AND state = 'pending'",
+                        (mark.error, mark.id),
+                    )
+                else:  # still pending: a transient failure, retried from `at` on
+                    db.execute(
+                        "UPDATE entries SET attempts = attempts + 1, last_error = ?, next_at = ?"
+                        " WHERE id = ? AND state = 'pending'",
+                        (mark.error, mark.at, mark.id),
+                    )
+
+    def mark_started(self, id: str, run_id: str | None, now: float, note: str | None = None) -> None:
+        self.mark_many([Mark(id, SubmissionState.STARTED, now, run_id, note)])
 
     def mark_retry(self, id: str, error: str, next_at: float) -> None:
         """A transient failure: still pending, one more attempt counted, not before `next_at`."""
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE entries SET attempts = attempts + 1, last_error = ?, next_at = ?"
-                " WHERE id = ? AND state = 'pending'",
-                (error, next_at, id),
-            )
+        self.mark_many([Mark(id, SubmissionState.PENDING, next_at, None, error)])
 
     def mark_failed(self, id: str, error: str) -> None:
         """A permanent failure: FAILED with the reason, until `retry` or `drop`."""
+        self.mark_many([Mark(id, SubmissionState.FAILED, 0.0, None, error)])
+
+    def release_backoff(self) -> int:
+        """Every pending entry due now (the connection is back: its retries need not wait); how many."""
         with self._transaction() as db:
-            db.execute(
-                "UPDATE entries SET state = 'failed', attempts = attempts + 1, last_error = ?"
-                " WHERE id = ? AND state = 'pending'",
-                (error, id),
-            )
+            return db.execute(
+                "UPDATE entries SET next_at = 0 WHERE state = 'pending' AND next_at > 0"
+            ).rowcount
+
+    def next_due(self) -> float | None:
+        """When the next pending entry with a retry time comes due (None: none waits for one)."""
+        with self._lock:
+            due: float | None = self._db.execute(
+                "SELECT min(next_at) FROM entries WHERE state = 'pending' AND next_at > 0"
+            ).fetchone()[0]
+        return due
+
+    def data_version(self) -> int:
+        """Changes whenever ANOTHER connection (the CLI's `submit`, `queue retry`) commits a change."""
+        with self._lock:
+            version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+        return version
 
     # --- the queue command ------------------------------------------------------------------------------
     def retry(self, id: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import json
 import logging
@@ -18,17 +19,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 import trio_asyncio
-from temporalio.api.common.v1 import Payloads, WorkflowType
+from temporalio.api.common.v1 import Memo, Payload, Payloads, WorkflowType
+from temporalio.api.errordetails.v1 import WorkflowExecutionAlreadyStartedFailure
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, StartWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.common import RetryPolicy, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.converter import DataConverter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
+from temporalio.workflow import _Definition
 
-from .._core._errors import TemporalUnavailable, WorkflowAlreadyStarted
+from .._core._errors import SubmissionFailed, TemporalUnavailable, WorkflowAlreadyStarted
 from .._core._names import DEMO_TASK_QUEUE, NO_ARG
 
 if TYPE_CHECKING:
@@ -43,6 +47,7 @@ __all__ = [
     "connect",
     "describe_namespace",
     "encode_input",
+    "encode_submission",
     "make_worker",
     "probe",
     "run_asyncio",
@@ -209,15 +214,158 @@ def encode_input(args: Sequence[Any]) -> bytes:
     return Payloads(payloads=payloads).SerializeToString()
 
 
-async def start_queued(client: Client, namespace: str, entry: NewEntry, *, timeout: float) -> str:
+# The start options a queued start may carry, stored as JSON (seconds for durations, enum names for
+# policies). Anything else (callables, search attributes, versioning overrides, RPC settings) is refused
+# at submit: it cannot be stored, or it would not survive being sent again later.
+_DURATION_OPTIONS = ("execution_timeout", "run_timeout", "task_timeout", "start_delay")
+QUEUEABLE_OPTIONS = (*_DURATION_OPTIONS, "id_reuse_policy", "id_conflict_policy", "retry_policy",
+                     "cron_schedule", "memo")  # fmt: skip
+
+
+# The id policies a queued start may carry, and the one value of each it may not.
+_POLICIES: dict[str, tuple[type[enum.IntEnum], enum.IntEnum]] = {
+    "id_reuse_policy": (WorkflowIDReusePolicy, WorkflowIDReusePolicy.TERMINATE_IF_RUNNING),
+    "id_conflict_policy": (WorkflowIDConflictPolicy, WorkflowIDConflictPolicy.TERMINATE_EXISTING),
+}
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    raise ValueError(f"start option {name} must be a timedelta or a number of seconds >= 0, got {value!r}")
+
+
+def _retry_policy(value: Any) -> dict[str, Any]:
+    if not isinstance(value, RetryPolicy):
+        raise ValueError(f"start option retry_policy must be a temporalio RetryPolicy, got {value!r}")
+    value._validate()
+    return {
+        "initial_interval": value.initial_interval.total_seconds(),
+        "backoff_coefficient": value.backoff_coefficient,
+        "maximum_interval": None
+        if value.maximum_interval is None
+        else value.maximum_interval.total_seconds(),
+        "maximum_attempts": value.maximum_attempts,
+        "non_retryable_error_types": list(value.non_retryable_error_types or ()),
+    }
+
+
+def encode_submission(workflow: Any, args: Sequence[Any], options: dict[str, Any]) -> tuple[str, bytes, str]:
+    """What the outbox stores for a submit: the workflow type name (from a name, a workflow class or its
+    run method), the input (`encode_input`) and the start options as canonical JSON. Raises ValueError /
+    TypeError naming the option for one that cannot be queued (see QUEUEABLE_OPTIONS) or would break
+    idempotency (TERMINATE_IF_RUNNING, TERMINATE_EXISTING), and what the converter raises for an
+    argument it cannot encode. Nothing is stored by this."""
+    if isinstance(workflow, type):
+        defn = _Definition.from_class(workflow)
+        if defn is None or not defn.name:
+            raise TypeError(f"{workflow.__qualname__} is not a (named) workflow class")
+        workflow_type = defn.name
+    else:
+        workflow_type, _ = _Definition.get_name_and_result_type(workflow)
+    if not workflow_type:
+        raise ValueError("workflow type name must not be empty")
+    stored: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in QUEUEABLE_OPTIONS:
+            raise ValueError(
+                f"start option {name!r} cannot be queued (queued starts take: {', '.join(QUEUEABLE_OPTIONS)})"
+            )
+        if value is None:
+            continue
+        if name in _DURATION_OPTIONS:
+            stored[name] = _seconds(name, value)
+        elif name in _POLICIES:
+            kind, forbidden = _POLICIES[name]
+            if not isinstance(value, kind):
+                raise ValueError(f"start option {name} must be a {kind.__name__}, got {value!r}")
+            if value is forbidden:
+                raise ValueError(f"start option {name}={value.name} cannot be queued: a start sent again "
+                                 "would terminate the run it started")  # fmt: skip
+            stored[name] = value.name
+        elif name == "retry_policy":
+            stored[name] = _retry_policy(value)
+        elif name == "cron_schedule":
+            if not isinstance(value, str):
+                raise ValueError(f"start option cron_schedule must be a string, got {value!r}")
+            if value:
+                stored[name] = value
+        elif name == "memo":
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError(f"start option memo must be a dict with str keys, got {value!r}")
+            converter = DataConverter.default.payload_converter
+            stored[name] = {
+                k: converter.to_payloads([v])[0].SerializeToString().hex() for k, v in value.items()
+            }
+    return workflow_type, encode_input(args), json.dumps(stored, sort_keys=True, separators=(",", ":"))
+
+
+# The stored duration options (seconds) -> StartWorkflowExecutionRequest's duration fields.
+_DURATIONS = {
+    "workflow_task_timeout": "task_timeout",
+    "workflow_execution_timeout": "execution_timeout",
+    "workflow_run_timeout": "run_timeout",
+    "workflow_start_delay": "start_delay",
+}
+
+
+def _apply_options(request: StartWorkflowExecutionRequest, options: dict[str, Any]) -> None:
+    """The stored options (see encode_submission) onto a StartWorkflowExecutionRequest."""
+    for field, name in _DURATIONS.items():
+        if options.get(name) is not None:
+            getattr(request, field).FromTimedelta(timedelta(seconds=options[name]))
+    for name, (kind, _) in _POLICIES.items():
+        if name in options:
+            setattr(request, f"workflow_{name}", kind[options[name]].value)
+    if "retry_policy" in options:
+        policy = options["retry_policy"]
+        maximum = policy["maximum_interval"]
+        RetryPolicy(
+            initial_interval=timedelta(seconds=policy["initial_interval"]),
+            backoff_coefficient=policy["backoff_coefficient"],
+            maximum_interval=None if maximum is None else timedelta(seconds=maximum),
+            maximum_attempts=policy["maximum_attempts"],
+            non_retryable_error_types=policy["non_retryable_error_types"] or None,
+        ).apply_to_proto(request.retry_policy)
+    if "cron_schedule" in options:
+        request.cron_schedule = options["cron_schedule"]
+    if "memo" in options:
+        memo = Memo()
+        for key, hex_payload in options["memo"].items():
+            memo.fields[key].CopyFrom(Payload.FromString(bytes.fromhex(hex_payload)))
+        request.memo.CopyFrom(memo)
+
+
+# Answers that no retry of the same request can change: the entry is FAILED with the reason.
+_PERMANENT = (
+    RPCStatusCode.NOT_FOUND,  # the namespace does not exist
+    RPCStatusCode.INVALID_ARGUMENT,  # a start option or value the server rejects
+    RPCStatusCode.FAILED_PRECONDITION,
+    RPCStatusCode.PERMISSION_DENIED,
+    RPCStatusCode.UNAUTHENTICATED,
+    RPCStatusCode.UNIMPLEMENTED,
+    RPCStatusCode.OUT_OF_RANGE,
+)
+
+
+async def start_queued(
+    client: Client, namespace: str, entry: NewEntry, *, timeout: float, task_timeout: float | None = None
+) -> str:
     """Start a queued entry through the raw service call with the entry's fixed request id: the server
     answers a repeat of that request (a retry after a lost answer, a daemon killed mid-drain) with the
     run the first one made, while it runs and after it closed, whatever the id reuse policy says. The run
     id. (The response's `started` is True for a repeated request too: it cannot tell the two apart.)
+    `task_timeout` (seconds): the workflow task timeout when the entry's options have none.
 
-    TemporalUnavailable(maybe_started=True) when the request met a down server or its timeout (the
-    retry is safe); WorkflowAlreadyStarted when another start holds the id; other RPCErrors pass."""
+    TemporalUnavailable(maybe_started=True) when the request met a down server, its timeout or an answer
+    worth retrying (RESOURCE_EXHAUSTED, INTERNAL, ...): the retry is safe. WorkflowAlreadyStarted (with
+    the run id holding it) when another start holds the id. SubmissionFailed when the server refused the
+    request for good (a namespace that does not exist, an option it rejects)."""
     options = json.loads(entry.options)
+    if task_timeout is not None:
+        options.setdefault("task_timeout", task_timeout)
     request = StartWorkflowExecutionRequest(
         namespace=namespace,
         workflow_id=entry.id,
@@ -227,27 +375,25 @@ async def start_queued(client: Client, namespace: str, entry: NewEntry, *, timeo
         request_id=entry.request_id,
         identity=client.identity,
     )
-    for field, name in _DURATIONS.items():
-        if options.get(name) is not None:
-            getattr(request, field).FromTimedelta(timedelta(seconds=options[name]))
+    _apply_options(request, options)
     rpc = client.workflow_service.start_workflow_execution
     call = functools.partial(rpc, request, retry=False, timeout=timedelta(seconds=timeout))
+    address = client.service_client.config.target_host
     try:
         response = await _start_call(client, call, timeout)
     except RPCError as exc:
         if exc.status is RPCStatusCode.ALREADY_EXISTS:
-            raise WorkflowAlreadyStarted(entry.id, entry.workflow_type) from exc
-        raise
+            details = WorkflowExecutionAlreadyStartedFailure()
+            holder = None
+            if exc.grpc_status.details and exc.grpc_status.details[0].Unpack(details):
+                holder = details.run_id or None
+            raise WorkflowAlreadyStarted(entry.id, entry.workflow_type, holder) from exc
+        message = f"start workflow on {address}: {exc.status.name}: {exc.message}"
+        if exc.status in _PERMANENT:
+            raise SubmissionFailed(message) from exc
+        raise TemporalUnavailable(message, maybe_started=True) from exc
     run_id: str = response.run_id
     return run_id
-
-
-# The outbox's stored start options (seconds) -> StartWorkflowExecutionRequest's duration fields.
-_DURATIONS = {
-    "workflow_task_timeout": "task_timeout",
-    "workflow_execution_timeout": "execution_timeout",
-    "workflow_run_timeout": "run_timeout",
-}
 
 
 async def workflow_result(handle: WorkflowHandle[Any, Any]) -> Any:

@@ -21,6 +21,7 @@ __all__ = [
     "ConnectionConfig",
     "DevServerConfig",
     "HttpConfig",
+    "OutboxConfig",
     "RuntimeConfig",
     "WorkerSpec",
     "parse_http",
@@ -355,6 +356,17 @@ def parse_http(value: Any, where: str = "http", *, allow_remote: bool = False) -
     return HttpConfig(host=host, port=int(port), allow_remote=allow_remote)
 
 
+@attrs.frozen(kw_only=True)
+class OutboxConfig:
+    """The durable start queue (``<state_dir>/outbox.db``): how many entries may wait (`max_pending`;
+    a submit beyond it raises OutboxFull), how long a started entry is kept (`retain`, seconds: its id
+    stays deduplicated that long), and how many starts the drain has in flight (`concurrency`)."""
+
+    max_pending: int = attrs.field(default=100_000, validator=_count(1))
+    retain: float = attrs.field(default=7 * 24 * 3600.0, validator=_seconds())
+    concurrency: int = attrs.field(default=16, validator=_count(1))
+
+
 def _log_format(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value not in ("text", "json"):
         raise ConfigError(f"{attribute.name} must be 'text' or 'json', got {value!r}")
@@ -381,11 +393,18 @@ class RuntimeConfig:
     log_format: str = attrs.field(default="text", validator=_log_format)
     log_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_count(4096))
     log_backups: int = attrs.field(default=3, validator=_count(0))
+    # The durable start queue (Runtime.submit_workflow); None: no queue, no outbox child.
+    outbox: OutboxConfig | None = attrs.field(factory=OutboxConfig)
 
     @http.validator
     def _check_http(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and not isinstance(value, HttpConfig):
             raise ConfigError(f"http must be an HttpConfig or None, got {value!r}")
+
+    @outbox.validator
+    def _check_outbox(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and not isinstance(value, OutboxConfig):
+            raise ConfigError(f"outbox must be an OutboxConfig or None, got {value!r}")
 
     def __attrs_post_init__(self) -> None:
         queues = [spec.task_queue for spec in self.workers if isinstance(spec, WorkerSpec)]
@@ -413,11 +432,18 @@ _DEV_KEYS = (
 )  # fmt: skip
 _FILE_KEYS = (
     "state_dir", "dev_server", "shutdown_timeout", "restart", "external", "demo_worker", "workers",
-    "http", "http_allow_remote", "log_format", "log_max_bytes", "log_backups",
+    "http", "http_allow_remote", "log_format", "log_max_bytes", "log_backups", "outbox",
 )  # fmt: skip
+# [outbox] in the file, STIGMER_TRIO_OUTBOX_<KEY> in the environment; `enabled = false`: no queue.
+_OUTBOX_KEYS = ("enabled", "max_pending", "retain", "concurrency")
 _POLICY_KEYS = tuple(f.name for f in attrs.fields(RestartPolicy))
-_INT_KEYS = {"port", "http_port", "metrics_port", "failures_to_restart", "log_max_bytes", "log_backups"}
-_FLOAT_KEYS = {"start_timeout", "health_interval", "health_timeout", "stop_timeout", "shutdown_timeout"}
+_INT_KEYS = {
+    "port", "http_port", "metrics_port", "failures_to_restart", "log_max_bytes", "log_backups",
+    "outbox_max_pending", "outbox_concurrency",
+}  # fmt: skip
+_FLOAT_KEYS = {
+    "start_timeout", "health_interval", "health_timeout", "stop_timeout", "shutdown_timeout", "outbox_retain",
+}  # fmt: skip
 
 
 def _env_value(key: str, raw: str) -> Any:
@@ -429,7 +455,7 @@ def _env_value(key: str, raw: str) -> Any:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if key in ("persist", "demo_worker", "http_allow_remote"):
+    if key in ("persist", "demo_worker", "http_allow_remote", "outbox_enabled"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
@@ -525,4 +551,30 @@ def resolve(
         value = pick(key, file)
         if value is not None:
             runtime[key] = value
+    runtime["outbox"] = _resolve_outbox(flags, env, _table(file.get("outbox", {}), "[outbox]"))
     return RuntimeConfig(**runtime)
+
+
+def _resolve_outbox(
+    flags: Mapping[str, Any], env: Mapping[str, str], file_table: Mapping[str, Any]
+) -> OutboxConfig | None:
+    """[outbox] / STIGMER_TRIO_OUTBOX_* / flags named outbox_<key>: the queue's settings, or None when
+    `enabled` is false."""
+    _check_keys(file_table, _OUTBOX_KEYS, "[outbox]")
+    values: dict[str, Any] = {}
+    for key in _OUTBOX_KEYS:
+        name = f"outbox_{key}"
+        raw = env.get(f"STIGMER_TRIO_{name.upper()}")
+        if flags.get(name) is not None:
+            values[key] = flags[name]
+        elif raw is not None and raw != "":
+            values[key] = _env_value(name, raw)
+        elif key in file_table:
+            values[key] = file_table[key]
+    enabled = values.pop("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"outbox enabled must be true or false, got {enabled!r}")
+    try:
+        return OutboxConfig(**values) if enabled else None
+    except ConfigError as exc:
+        raise ConfigError(f"outbox {exc}") from None

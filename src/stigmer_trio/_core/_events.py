@@ -23,10 +23,15 @@ __all__ = [
     "EventHook",
     "FailFastRejected",
     "HealthChecked",
+    "OutboxCounted",
     "RestartLimitExceeded",
     "RestartRecord",
     "ServerExited",
     "ServerReady",
+    "SubmissionDelayed",
+    "SubmissionRejected",
+    "SubmissionStarted",
+    "SubmissionsQueued",
     "WorkerStateChanged",
 ]
 
@@ -201,9 +206,59 @@ class FailFastRejected:
     state: str
 
 
+@attrs.frozen
+class SubmissionsQueued:
+    """One commit of the outbox: `created` new entries stored, `deduplicated` submits that found the same
+    start already queued or started (nothing stored for those)."""
+
+    created: int
+    deduplicated: int
+
+
+@attrs.frozen
+class SubmissionStarted:
+    """The outbox's drain started queued entry `id` (run `run_id`) after `attempts` attempts;
+    `deduplicated`: the server said a workflow with that id was already started (by another request)."""
+
+    id: str
+    run_id: str | None
+    attempts: int
+    deduplicated: bool = False
+
+
+@attrs.frozen
+class SubmissionDelayed:
+    """A start attempt of queued entry `id` failed in a way worth retrying: it stays pending and is tried
+    again in `delay` seconds (or when the connection is back)."""
+
+    id: str
+    attempts: int
+    error: str
+    delay: float
+
+
+@attrs.frozen
+class SubmissionRejected:
+    """The server refused queued entry `id` for good: it is FAILED (`queue retry` sends it again)."""
+
+    id: str
+    attempts: int
+    error: str
+
+
+@attrs.frozen
+class OutboxCounted:
+    """The outbox's size now: pending and failed entries, the age of the oldest pending one (or None)."""
+
+    pending: int
+    failed: int
+    oldest_pending_age_s: float | None
+
+
 Event: TypeAlias = (
     ChildStarted | ChildExited | ChildRestartScheduled | ChildAbandoned | RestartLimitExceeded
     | ServerReady | ServerExited | ConnectionStateChanged | WorkerStateChanged | HealthChecked
-    | FailFastRejected
+    | FailFastRejected | SubmissionsQueued | SubmissionStarted | SubmissionDelayed | SubmissionRejected
+    | OutboxCounted
 )  # fmt: skip
 EventHook: TypeAlias = Callable[[Event], None]

@@ -28,6 +28,7 @@ class ChildName(enum.StrEnum):
 
     DEVSERVER = "devserver"
     CONNECTION = "connection"
+    OUTBOX = "outbox"
     HTTP = "http"
 
 

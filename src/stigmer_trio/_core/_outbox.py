@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
-__all__ = ["NewEntry", "PendingEntry", "Submission", "SubmissionState", "fingerprint"]
+__all__ = [
+    "NO_OPTIONS",
+    "NewEntry",
+    "PendingEntry",
+    "Submission",
+    "SubmissionState",
+    "encode_json_input",
+    "fingerprint",
+]
+
+NO_OPTIONS = "{}"  # a submit without start options (the stored JSON is canonical: sorted, compact)
 
 
 class SubmissionState(enum.StrEnum):
@@ -64,3 +77,40 @@ class PendingEntry(NewEntry):
     """A pending entry as the drain takes it: everything a start attempt sends, and the attempts so far."""
 
     attempts: int
+
+
+# --- the CLI's encoder ----------------------------------------------------------------------------------
+# `submit --input JSON` must not import temporalio (~150 ms for its protobuf modules alone): JSON values
+# are encoded here exactly as temporalio's default data converter encodes them (None as binary/null,
+# everything else as json/plain, compact with sorted keys) and serialized as the Payloads message by
+# hand. tests/unit/test_outbox_encoding.py proves the bytes equal the SDK's for every JSON kind.
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _payload(value: Any) -> bytes:
+    if value is None:
+        encoding, data = b"binary/null", b""
+    else:
+        encoding = b"json/plain"
+        data = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+    metadata = _field(1, _field(1, b"encoding") + _field(2, encoding))  # map<string, bytes> metadata = 1
+    return metadata + (_field(2, data) if data else b"")  # bytes data = 2
+
+
+def encode_json_input(values: Sequence[Any]) -> bytes:
+    """JSON values (as json.loads gives them) as a serialized temporal.api.common.v1.Payloads."""
+    return b"".join(_field(1, _payload(value)) for value in values)  # repeated Payload payloads = 1

@@ -23,9 +23,14 @@ from .._core._events import (
     Event,
     FailFastRejected,
     HealthChecked,
+    OutboxCounted,
     RestartLimitExceeded,
     ServerExited,
     ServerReady,
+    SubmissionDelayed,
+    SubmissionRejected,
+    SubmissionsQueued,
+    SubmissionStarted,
     WorkerStateChanged,
 )
 
@@ -141,6 +146,31 @@ def _fail_fast(e: FailFastRejected) -> tuple[int, str]:
     return logging.DEBUG, f"{e.operation} refused at once: Temporal is {e.state}"
 
 
+def _queued(e: SubmissionsQueued) -> tuple[int, str]:
+    return logging.DEBUG, f"outbox: {e.created} start(s) queued, {e.deduplicated} already there"
+
+
+def _submission_started(e: SubmissionStarted) -> tuple[int, str]:
+    if e.deduplicated:
+        return logging.INFO, f"outbox: {e.id} was already started (run {e.run_id}): not started again"
+    return logging.DEBUG, f"outbox: started {e.id} (run {e.run_id}) after {e.attempts} attempt(s)"
+
+
+def _submission_delayed(e: SubmissionDelayed) -> tuple[int, str]:
+    return (
+        logging.WARNING,
+        f"outbox: start of {e.id} failed (attempt {e.attempts}), retry in {e.delay:.1f} s: {e.error}",
+    )
+
+
+def _submission_rejected(e: SubmissionRejected) -> tuple[int, str]:
+    return logging.ERROR, f"outbox: start of {e.id} refused for good, marked failed: {e.error}"
+
+
+def _outbox_counted(e: OutboxCounted) -> tuple[int, str]:
+    return logging.DEBUG, f"outbox: {e.pending} pending, {e.failed} failed"
+
+
 # Each event type, and how it is worded: its level and one line.
 _DESCRIBE: dict[type[Any], Callable[[Any], tuple[int, str]]] = {
     ServerReady: _server_ready,
@@ -154,6 +184,11 @@ _DESCRIBE: dict[type[Any], Callable[[Any], tuple[int, str]]] = {
     WorkerStateChanged: _worker,
     HealthChecked: _health,
     FailFastRejected: _fail_fast,
+    SubmissionsQueued: _queued,
+    SubmissionStarted: _submission_started,
+    SubmissionDelayed: _submission_delayed,
+    SubmissionRejected: _submission_rejected,
+    OutboxCounted: _outbox_counted,
 }
 
 

@@ -16,9 +16,13 @@ from .._core._events import (
     Event,
     FailFastRejected,
     HealthChecked,
+    OutboxCounted,
     RestartLimitExceeded,
     ServerExited,
     ServerReady,
+    SubmissionRejected,
+    SubmissionsQueued,
+    SubmissionStarted,
     WorkerStateChanged,
 )
 from .._core._names import RUNTIME_SUPERVISOR, ChildName, worker_task_queue
@@ -97,6 +101,25 @@ class Metrics:
             "Times a supervisor gave up because a child exceeded its restart limit",
             registry=r,
         )
+        self.outbox_pending = Gauge(
+            "stigmer_outbox_pending", "Queued starts waiting in the outbox (pending)", registry=r
+        )
+        self.outbox_oldest = Gauge(
+            "stigmer_outbox_oldest_pending_seconds",
+            "Age of the oldest pending queued start (0 without one)",
+            registry=r,
+        )
+        self.outbox_started = Counter(
+            "stigmer_outbox_started", "Queued starts the outbox's drain started", registry=r
+        )
+        self.outbox_failed = Counter(
+            "stigmer_outbox_failed", "Queued starts the server refused for good (marked failed)", registry=r
+        )
+        self.outbox_deduplicated = Counter(
+            "stigmer_outbox_deduplicated",
+            "Submits of an id already queued or started, and drain attempts that found it already started",
+            registry=r,
+        )
         self.devserver_up.set(0)
         for state in CONNECTION_STATES:
             self.connection_state.labels(state=state).set(1 if state == ConnectionState.CONNECTING else 0)
@@ -146,6 +169,17 @@ class Metrics:
                 self.worker_restarts.labels(task_queue=task_queue).inc()
         elif isinstance(event, RestartLimitExceeded):
             self.restart_limit.inc()
+        elif isinstance(event, SubmissionStarted):
+            self.outbox_started.inc()
+            if event.deduplicated:
+                self.outbox_deduplicated.inc()
+        elif isinstance(event, SubmissionsQueued):
+            self.outbox_deduplicated.inc(event.deduplicated)
+        elif isinstance(event, SubmissionRejected):
+            self.outbox_failed.inc()
+        elif isinstance(event, OutboxCounted):
+            self.outbox_pending.set(event.pending)
+            self.outbox_oldest.set(event.oldest_pending_age_s or 0.0)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -13,6 +13,7 @@ import attrs
 
 from .._core._config import DevServerConfig, RuntimeConfig, WorkerSpec
 from .._core._events import EventHook
+from .._core._layout import StateLayout
 from .._core._names import RUNTIME_SUPERVISOR, ChildName, worker_child
 from .._core._policy import RestartPolicy
 from .._observe._logs import EventLog
@@ -22,6 +23,7 @@ from ._hub import EventHub
 from ._serve_connection import serve_connection
 from ._serve_devserver import DevServer
 from ._serve_http import ControlApp, HttpServer
+from ._serve_outbox import Outbox, serve_outbox
 from ._serve_worker import WorkerStatus, serve_worker
 from ._status import StatusBoard
 from ._supervisor import ChildSpec, Strategy, Supervisor
@@ -35,6 +37,9 @@ Serve = Callable[..., Awaitable[Any]]  # a child's one lifetime: serve(*, task_s
 
 # The endpoint's restarts: a handler bug must not take the endpoint down for good, nor spin.
 HTTP_POLICY = RestartPolicy(max_restarts=10, window=60.0)
+# The outbox's: a db that cannot be opened (another user's, not an outbox db) gives up after 5 tries,
+# and with it the runtime (RestartLimitExceeded names the cause); a drain bug is retried with backoff.
+OUTBOX_POLICY = RestartPolicy(max_restarts=5, window=60.0)
 
 # Shutdown budgets: how long each child may take to stop once cancelled before the supervisor abandons
 # it (ChildAbandoned); all of them together are bounded by RuntimeConfig.shutdown_timeout.
@@ -44,8 +49,11 @@ HTTP_POLICY = RestartPolicy(max_restarts=10, window=60.0)
 #   to unwind through trio-asyncio.
 # - worker: Worker.shutdown() gets graceful_shutdown_timeout + 1 s (the SDK's bookkeeping, see
 #   _serve_worker._shutdown), plus 1 s for run()'s cancellation through trio-asyncio.
+# - outbox: starts in flight are cancelled (sent again later with the same request id); a commit in
+#   flight finishes (shielded: one fsync); 2 s.
 # - http: closing the listener and cancelling the connection handlers; 2 s.
 CONNECTION_STOP_BUDGET = 2.0
+OUTBOX_STOP_BUDGET = 2.0
 HTTP_STOP_BUDGET = 2.0
 WORKER_SLACK = 2.0  # on top of graceful_shutdown_timeout
 
@@ -73,12 +81,16 @@ class Tree:
     devserver: DevServer | None
     workers: dict[str, WorkerStatus]
     http: HttpServer | None
+    outbox: Outbox | None
     bridge: Bridge | None
 
     def close(self) -> None:
-        """Release what building took (the endpoint's bound socket); after the tree has stopped."""
+        """Release what building took (the endpoint's bound socket, the outbox db); after the tree has
+        stopped."""
         if self.http is not None:
             self.http.close()
+        if self.outbox is not None:
+            self.outbox.close()
 
 
 def _worker_specs(config: RuntimeConfig) -> list[WorkerSpec]:
@@ -111,13 +123,17 @@ def build_tree(
         devserver = DevServer(config.dev_server, config.state_dir, on_event=hub.emit, bridge=bridge)
     specs = _worker_specs(config)
     workers = {spec.task_queue: WorkerStatus(spec.task_queue) for spec in specs}
-    board = StatusBoard(config, cell, devserver, workers)
+    outbox = None
+    if config.outbox is not None:
+        outbox = Outbox(config.outbox, StateLayout(config.state_dir).outbox, hub.emit)
+        hub.add_hook(outbox.on_event)
+    board = StatusBoard(config, cell, devserver, workers, outbox)
     hub.add_hook(board.on_event)
     http = None
     if config.http is not None:
         http = HttpServer(config.http, ControlApp(board.status, metrics.exposition, CONTENT_TYPE))
 
-    # THE TREE, in start order; it stops in reverse: http, workers, connection, dev server, so each
+    # THE TREE, in start order; it stops in reverse: http, outbox, workers, connection, dev server, so each
     # Worker's shutdown (ShutdownWorker: its sticky queue released) runs while the server is still up
     # (tests/runtime/test_runtime_starts.py::TestGracefulStop). Policy None: the supervisor's own (the
     # connection never fails on its own: it reconnects forever inside).
@@ -129,14 +145,20 @@ def build_tree(
 
     dev = config.dev_server
     connect = functools.partial(serve_connection, connection, cell, hub, bridge=bridge)
+    drain: Serve | None = None
+    if outbox is not None:
+        drain = functools.partial(serve_outbox, outbox, connection, cell, hub.emit, bridge=bridge)
     children = [
-        #     name                          serve            policy       shutdown budget
-        *([child(ChildName.DEVSERVER,       devserver.serve, dev.policy,  devserver_stop_budget(dev))]
+        #     name                          serve            policy         shutdown budget
+        *([child(ChildName.DEVSERVER,       devserver.serve, dev.policy,    devserver_stop_budget(dev))]
           if devserver is not None and dev is not None else []),
-        child(ChildName.CONNECTION,         connect,         None,        CONNECTION_STOP_BUDGET),
-        *(child(worker_child(s.task_queue), work(s),         s.policy,    worker_stop_budget(s))
+        child(ChildName.CONNECTION,         connect,         None,          CONNECTION_STOP_BUDGET),
+        *(child(worker_child(s.task_queue), work(s),         s.policy,      worker_stop_budget(s))
           for s in specs),
-        *([child(ChildName.HTTP,            http.serve,      HTTP_POLICY, HTTP_STOP_BUDGET)] if http else []),
+        *([child(ChildName.OUTBOX,          drain,           OUTBOX_POLICY, OUTBOX_STOP_BUDGET)]
+          if drain is not None else []),
+        *([child(ChildName.HTTP,            http.serve,      HTTP_POLICY,   HTTP_STOP_BUDGET)]
+          if http else []),
     ]  # fmt: skip
 
     for task_queue in workers:
@@ -153,4 +175,6 @@ def build_tree(
         on_event=hub.emit,
         shutdown_timeout=config.shutdown_timeout,
     )
-    return Tree(config, hub, cell, board, metrics, event_log, supervisor, devserver, workers, http, bridge)
+    return Tree(
+        config, hub, cell, board, metrics, event_log, supervisor, devserver, workers, http, outbox, bridge
+    )

@@ -21,6 +21,7 @@ from .._core._events import (
 from .._core._names import RUNTIME_SUPERVISOR, ChildName
 from ._cell import ConnectionCell
 from ._serve_devserver import DevServer
+from ._serve_outbox import Outbox
 from ._serve_worker import WorkerStatus
 
 __all__ = ["StatusBoard"]
@@ -35,12 +36,14 @@ class StatusBoard:
         cell: ConnectionCell,
         devserver: DevServer | None,
         workers: dict[str, WorkerStatus],
+        outbox: Outbox | None = None,
     ) -> None:
         self.config = config
         self._connection = config.effective_connection()
         self._cell = cell
         self._devserver = devserver
         self._workers = workers
+        self._outbox = outbox
         self.started_at = time.time()
         self.http_url: str | None = None  # the control endpoint, once it serves
         self._devserver_restarts = 0
@@ -95,4 +98,5 @@ class StatusBoard:
             "connection": self._cell.snapshot(),
             "workers": workers,
             "http": None if self.http_url is None else {"url": self.http_url},
+            "outbox": None if self._outbox is None else self._outbox.snapshot(),
         }
