@@ -72,8 +72,20 @@ class SubmitResult:
 
 
 def _secure_create(path: Path) -> None:
-    """Create the db file 0600 if missing; refuse a symlink, a non-regular file, or another user's."""
+    """Create the db file 0600 if missing; refuse a symlink, a non-regular file, or another user's, for
+    the db and for SQLite's -wal / -shm files beside it (SQLite itself would follow a planted symlink)."""
+    for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            fd = open_regular(companion, os.O_RDONLY, "outbox db file")
+        except FileNotFoundError:
+            continue  # SQLite creates it with the db's mode
+        _check_owner(fd, companion)
     fd = open_regular(path, os.O_RDWR | os.O_CREAT, "outbox db", 0o600)
+    _check_owner(fd, path)
+
+
+def _check_owner(fd: int, path: Path) -> None:
+    """Ours (else StateFileError) and 0600; closes `fd`."""
     try:
         info = os.fstat(fd)
         if info.st_uid != os.getuid():

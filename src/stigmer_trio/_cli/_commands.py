@@ -89,6 +89,11 @@ def status(state_dir: Path, *, as_json: bool) -> int:
                 f"  dev server restarts {server['restarts']}, adopted {server['adopted']}, "
                 f"uptime {server['uptime_s']} s"
             )
+        outbox = report.get("outbox")
+        if isinstance(outbox, dict):
+            age = outbox.get("oldest_pending_age_s")
+            oldest = f", oldest pending {age} s" if age is not None else ""
+            print(f"  outbox {outbox.get('pending')} pending, {outbox.get('failed')} failed{oldest}")
         http = report.get("http")
         if isinstance(http, dict):
             print(f"  endpoint {http.get('url')} (/healthz /readyz /status /metrics)")

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import _commands
+from . import _commands, _queue
 from ._common import EXIT_USAGE, PROG, UsageError, say
 from ._settings import load_toml, resolve_state_dir
 
@@ -113,6 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended")
     logs.add_argument("--devserver", action="store_true", help="the dev server's log instead")
     logs.add_argument("-n", "--lines", type=int, metavar="N", help="only the last N lines")
+    submit = commands.add_parser(
+        "submit", help="queue a workflow start: durable now, started when Temporal is up (exactly once)"
+    )
+    _add_location(submit)
+    submit.add_argument("workflow_type", metavar="WORKFLOW_TYPE", help="the workflow type name")
+    submit.add_argument("--id", required=True, help="the workflow id: the idempotency key")
+    submit.add_argument("--task-queue", required=True, metavar="Q", help="the task queue")
+    submit.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        dest="inputs",
+        metavar="JSON",
+        help="one argument (repeatable)",
+    )
+    submit.add_argument("--wait", action="store_true", help="wait until started; print `started ID RUN_ID`")
+    submit.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up waiting after S s")
+    queue = commands.add_parser("queue", help="the queued starts: list, `queue retry ID`, `queue drop ID`")
+    _add_location(queue)
+    queue.add_argument("action", nargs="?", choices=("retry", "drop"), help="retry a failed entry, drop one")
+    queue.add_argument("id", nargs="?", metavar="ID", help="the entry's workflow id")
+    queue.add_argument("--json", action="store_true", help="one JSON object: counts and entries")
+    queue.add_argument("--state", choices=("pending", "failed", "started"), help="only entries in this state")
+    queue.add_argument("--limit", type=int, default=_queue.LIST_LIMIT, metavar="N", help="at most N entries")
     return parser
 
 
@@ -130,6 +154,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _commands.detached_daemon(handover)  # a daemon `up --detach` started: settings handed
         file = load_toml(args.config)
         state_dir = resolve_state_dir(args.state_dir, env, file)
+        if args.command == "submit":
+            return _queue.submit(
+                state_dir,
+                env,
+                file,
+                workflow_type=args.workflow_type,
+                id=args.id,
+                task_queue=args.task_queue,
+                inputs=args.inputs,
+                wait=args.wait,
+                timeout=args.timeout,
+            )
+        if args.command == "queue":
+            return _queue.queue(
+                state_dir,
+                action=args.action,
+                id=args.id,
+                as_json=args.json,
+                state=args.state,
+                limit=args.limit,
+            )
         if args.command == "status":
             return _commands.status(state_dir, as_json=args.json)
         if args.command == "demo":

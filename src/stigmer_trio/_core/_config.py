@@ -26,6 +26,7 @@ __all__ = [
     "WorkerSpec",
     "parse_http",
     "resolve",
+    "resolve_outbox",
 ]
 
 # Temporal namespace names: letters, digits, '-', '_' and '.', starting with a letter or digit.
@@ -551,15 +552,16 @@ def resolve(
         value = pick(key, file)
         if value is not None:
             runtime[key] = value
-    runtime["outbox"] = _resolve_outbox(flags, env, _table(file.get("outbox", {}), "[outbox]"))
+    runtime["outbox"] = resolve_outbox(flags=flags, env=env, file=file)
     return RuntimeConfig(**runtime)
 
 
-def _resolve_outbox(
-    flags: Mapping[str, Any], env: Mapping[str, str], file_table: Mapping[str, Any]
+def resolve_outbox(
+    *, flags: Mapping[str, Any], env: Mapping[str, str], file: Mapping[str, Any] | None = None
 ) -> OutboxConfig | None:
-    """[outbox] / STIGMER_TRIO_OUTBOX_* / flags named outbox_<key>: the queue's settings, or None when
-    `enabled` is false."""
+    """The queue's settings from flags named outbox_<key> > STIGMER_TRIO_OUTBOX_<KEY> > the file's
+    [outbox] table > defaults (the `submit` command's too), or None when `enabled` is false."""
+    file_table = _table((file or {}).get("outbox", {}), "[outbox]")
     _check_keys(file_table, _OUTBOX_KEYS, "[outbox]")
     values: dict[str, Any] = {}
     for key in _OUTBOX_KEYS:
