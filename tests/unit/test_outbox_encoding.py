@@ -19,7 +19,7 @@ VALUES: list[Any] = [
     2**62,
     1.5,
     "",
-    "héllo \u2603 \"quoted\"",
+    'héllo \u2603 "quoted"',
     "x" * 300,  # a length that needs a two-byte varint
     [],
     [1, "a", None, {"b": 2}],

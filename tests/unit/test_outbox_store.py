@@ -256,3 +256,16 @@ class TestFile:
         assert 200 == stores[0].counts(now=1.0)["pending"]
         for opened in stores:
             opened.close()
+
+
+class TestCompanionFiles:
+    @pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+    def test_a_symlinked_wal_or_shm_is_refused(self, tmp_path: Path, suffix: str) -> None:
+        """SQLite would follow a planted -wal / -shm symlink; the store refuses it, touching nothing."""
+        target = tmp_path / "target"
+        target.write_bytes(b"precious")
+        (tmp_path / f"outbox.db{suffix}").symlink_to(target)
+        with pytest.raises(StateFileError, match="symlink"):
+            OutboxStore(tmp_path / "outbox.db")
+        assert target.read_bytes() == b"precious"
+        assert not (tmp_path / "outbox.db").exists()
