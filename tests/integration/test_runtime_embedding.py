@@ -67,3 +67,28 @@ class TestDevServerCrash:
         assert "hello two" == steps["second"]["result"]
         assert "slept 3" == steps["pre-kill"]["result"]  # persisted db: survived the crash
         assert steps["visible"]["started"] == steps["visible"]["visible"]
+
+
+class TestOutbox:
+    def test_queued_starts_survive_an_outage_and_a_kill_mid_drain_exactly_once(self, tmp_path: Path) -> None:
+        """submit_workflow while Temporal is down returns at once (durable, PENDING); the server comes
+        back and is SIGKILLed mid-drain, then comes back again: every queued start ran once, to its
+        result, under the run id the outbox recorded, and no id has a second run."""
+        steps = scenario("outbox", tmp_path)
+        queued = steps["queued"]
+        n = queued["outbox"]["pending"]
+        assert n == 120
+        assert queued["state"] in ("connecting", "disconnected")
+        assert (queued["again"], queued["outbox"]["started"]) == ("pending", 0)
+        assert "'ob-0' is already queued" in queued["conflict"]
+        drained = steps["drained"]
+        assert 0 < drained["at_kill"]["started"] < n  # the kill really came mid-drain
+        assert (drained["outbox"]["pending"], drained["outbox"]["failed"], drained["outbox"]["started"]) == (
+            0,
+            0,
+            n,
+        )
+        for id, outcome in drained["results"].items():
+            assert outcome["result"] == f"hello {id.replace('ob-', 'n')}"
+            assert drained["runs"][id] == [{"run_id": outcome["run_id"], "status": "COMPLETED"}], id
+        assert drained["status"]["pending"] == 0

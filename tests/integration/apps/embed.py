@@ -9,6 +9,7 @@ JSON lines on stdout and leaves with os._exit: the test judges the lines, never 
     python embed.py hung      STATE_DIR PORT      SIGSTOP a bare server: detection, fail-fast, bounded close
     python embed.py broken    STATE_DIR PORT      a Worker that fails for real: restarts, then the limit
     python embed.py midprobe  STATE_DIR PORT      SIGKILL a bare server while health checks are in flight
+    python embed.py outbox    STATE_DIR PORT      submit while Temporal is down, SIGKILL it mid-drain
 """
 
 from __future__ import annotations
@@ -478,7 +479,85 @@ async def midprobe(state_dir: Path, port: int) -> None:
     report(step="rounds", rounds=rounds)
 
 
+OUTBOX_N = 120
+
+
+async def outbox(state_dir: Path, port: int) -> None:
+    """Queued starts through Temporal being down, coming back, and being SIGKILLed mid-drain: every one
+    is started once and completes once (a second run would show in the workflow's run list)."""
+    db = state_dir / "temporal.db"
+    config = external_config(state_dir, port, [worker_spec()], health_interval=0.2)
+    async with bare_servers(state_dir, port) as spawn, st.open_runtime(config) as rt:
+        began = time.perf_counter()
+        for n in range(OUTBOX_N):
+            await rt.submit_workflow(Greet.run, f"n{n}", id=f"ob-{n}", task_queue=QUEUE)
+        submitted = time.perf_counter() - began
+        again = await rt.submit_workflow(Greet.run, "n0", id="ob-0", task_queue=QUEUE)
+        try:
+            await rt.submit_workflow(Greet.run, "other", id="ob-0", task_queue=QUEUE)
+            conflict = None
+        except st.SubmissionConflict as exc:
+            conflict = str(exc)
+        report(
+            step="queued",
+            seconds=submitted,
+            state=rt.state.value,
+            outbox=await rt.outbox_status(),
+            again=again.state.value,
+            conflict=conflict,
+        )
+        server = await spawn(db)
+        with trio.fail_after(30):
+            await wait_for(lambda: rt.state is st.ConnectionState.CONNECTED, 30)
+            # SIGKILL while the drain is under way: some starts have been sent, others not.
+            while (await rt.outbox_status())["started"] < OUTBOX_N // 4:
+                await trio.sleep(0.001)
+        os.killpg(server.pid, signal.SIGKILL)
+        await server.wait()
+        at_kill = await rt.outbox_status()
+        server = await spawn(db)
+        with trio.fail_after(60):
+            for n in range(OUTBOX_N):
+                await rt.wait_started(f"ob-{n}")
+        await rt.wait_connected()
+        client = rt.client()
+
+        async def runs(workflow_id: str) -> list[dict[str, Any]]:
+            async def listing(client: Any) -> list[dict[str, Any]]:
+                found = []
+                async for execution in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
+                    found.append({"run_id": execution.run_id, "status": execution.status.name})
+                return found
+
+            return await rt.run_asyncio(listing)
+
+        results: dict[str, Any] = {}
+        with trio.fail_after(60):
+            for n in range(OUTBOX_N):
+                submission = await rt.submission(f"ob-{n}")
+                assert submission is not None
+                handle = client.get_workflow_handle(f"ob-{n}", run_id=submission.run_id)
+                result = await rt.run_asyncio(lambda _client, h=handle: h.result())
+                results[f"ob-{n}"] = {"result": result, "run_id": submission.run_id}
+            # Visibility is eventually consistent: wait until every run is listed as closed.
+            listed: dict[str, list[dict[str, Any]]] = {}
+            while True:
+                listed = {id: await runs(id) for id in results}
+                if all(r and all(x["status"] != "RUNNING" for x in r) for r in listed.values()):
+                    break
+                await trio.sleep(0.2)
+        report(
+            step="drained",
+            at_kill=at_kill,
+            outbox=await rt.outbox_status(),
+            results=results,
+            runs=listed,
+            status=rt.status()["outbox"],
+        )
+        del client
+
+
 if __name__ == "__main__":
     scenarios = {"external": external, "devserver": devserver, "outage": outage, "hung": hung}
-    scenarios |= {"broken": broken, "midprobe": midprobe}
+    scenarios |= {"broken": broken, "midprobe": midprobe, "outbox": outbox}
     child_main(lambda: trio.run(scenarios[sys.argv[1]], Path(sys.argv[2]), int(sys.argv[3])))
