@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS entries (
     run_id        TEXT,
     last_error    TEXT
 );
-CREATE INDEX IF NOT EXISTS entries_due ON entries (state, next_at, seq);
+CREATE INDEX IF NOT EXISTS entries_due ON entries (state, next_at, seq);    -- the next retry time
+CREATE INDEX IF NOT EXISTS entries_order ON entries (state, seq);  -- oldest first without a sort
 CREATE INDEX IF NOT EXISTS entries_started ON entries (state, started_at);
 """
 
@@ -210,9 +211,10 @@ class OutboxStore:
         """pending / failed / started, and the age of the oldest pending entry (None without one)."""
         with self._lock:
             rows = dict(self._db.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
-            oldest = self._db.execute(
-                "SELECT min(submitted_at) FROM entries WHERE state = 'pending'"
-            ).fetchone()[0]
+            first = self._db.execute(
+                "SELECT submitted_at FROM entries WHERE state = 'pending' ORDER BY seq LIMIT 1"
+            ).fetchone()
+            oldest = None if first is None else first[0]
         return {
             "pending": int(rows.get("pending", 0)),
             "failed": int(rows.get("failed", 0)),
@@ -225,7 +227,8 @@ class OutboxStore:
         """Up to `limit` pending entries whose retry time has come, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, workflow_type, task_queue, payloads, options, request_id, attempts FROM entries"
+                "SELECT id, workflow_type, task_queue, payloads, options, request_id, attempts"
+                " FROM entries INDEXED BY entries_order"  # submit order, no sort of every pending row
                 " WHERE state = 'pending' AND next_at <= ? ORDER BY seq LIMIT ?",
                 (now, limit),
             ).fetchall()
