@@ -24,6 +24,7 @@ from stigmer_trio import (
     SubmissionDelayed,
     SubmissionFailed,
     SubmissionRejected,
+    SubmissionsQueued,
     SubmissionStarted,
     SubmissionState,
     TemporalUnavailable,
@@ -52,6 +53,7 @@ class FakeStarts:
     inflight: int = 0
     peak: int = 0
     delay: float = 0.0
+    gates: dict[str, trio.Event] = attrs.Factory(dict)  # the start of that id waits for its event
 
     async def start_queued(
         self,
@@ -66,6 +68,8 @@ class FakeStarts:
         self.inflight += 1
         self.peak = max(self.peak, self.inflight)
         try:
+            if e.id in self.gates:
+                await self.gates[e.id].wait()
             await trio.sleep(self.delay)
             result = self.outcome(e)
             if isinstance(result, BaseException):
@@ -161,6 +165,26 @@ class TestSubmit:
         assert len(await states(drain)) == 50
         assert drain.outbox._submits.commits - before <= 10
 
+    async def test_submit_events_are_emitted_on_the_trio_thread(self, tmp_path: Path) -> None:
+        """The commit runs in a worker thread, but its SubmissionsQueued reaches the hook on the Trio
+        thread (the hub wakes Trio tasks waiting in events()): one event per committed batch, counting
+        every submit."""
+        seen: list[SubmissionsQueued] = []
+
+        def hook(event: Event) -> None:
+            trio.lowlevel.current_task()  # RuntimeError off the Trio thread
+            if isinstance(event, SubmissionsQueued):
+                seen.append(event)
+
+        outbox = Outbox(OutboxConfig(), tmp_path / "outbox.db", hook)
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(outbox.submit, entry(f"e{n}"))
+        await outbox.submit(entry("e0"))  # found: deduplicated
+        outbox.close()
+        assert sum(e.created for e in seen) == 20
+        assert sum(e.deduplicated for e in seen) == 1
+
     async def test_full(self, tmp_path: Path) -> None:
         outbox = Outbox(OutboxConfig(max_pending=2), tmp_path / "outbox.db", lambda e: None)
         await outbox.submit(entry("a"))
@@ -255,6 +279,41 @@ class TestDrain:
         await drain.outbox.wait_started("a")
         assert time.monotonic() - began < 1.0
         assert drain.fake.calls[0][1] == drain.fake.calls[1][1]
+
+    async def test_an_entry_marked_while_a_take_reads_is_not_taken_from_that_read(
+        self, drain: Drain, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A take reads "a" pending while its start is in flight; "a"'s mark commits and its slot frees
+        before the take's answer reaches the drain. The drain must not start "a" a second time."""
+        release = drain.fake.gates["a"] = trio.Event()
+        store = await drain.outbox.store()
+        real_take, real_get = store.take_due, store.get
+        takes: list[list[str]] = []
+        token = trio.lowlevel.current_trio_token()
+
+        def take_due(now: float, limit: int) -> list[PendingEntry]:
+            rows = real_take(now, limit)
+            takes.append([r.id for r in rows])
+            if "a" in takes[-1] and len(takes) > 1:
+                # "a" is in flight and read pending: let its start end and its mark commit now, and
+                # give the Trio thread time to free its slot, before this read's answer arrives.
+                trio.from_thread.run_sync(release.set, trio_token=token)
+                deadline = time.monotonic() + 5
+                while real_get("a").state is not SubmissionState.STARTED and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                time.sleep(0.2)
+            return rows
+
+        monkeypatch.setattr(store, "take_due", take_due)
+        await drain.outbox.submit(entry("a"))
+        drain.connect()
+        await drain.until(lambda: len(drain.fake.calls) == 1)  # "a" in flight, held
+        await drain.outbox.submit(entry("b"))  # wakes the drain: a take that reads "a" pending
+        await drain.outbox.wait_started("a")
+        await drain.outbox.wait_started("b")
+        await trio.sleep(0.3)
+        assert any("a" in t for t in takes[1:])  # the race was staged
+        assert sorted(c[0] for c in drain.fake.calls) == ["a", "b"]
 
     async def test_rows_from_another_process_are_seen(self, drain: Drain) -> None:
         """The CLI writes outbox.db through its own connection: the drain sees the row within a few

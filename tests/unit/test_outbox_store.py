@@ -190,6 +190,57 @@ class TestQueueCommand:
         empty.close()
 
 
+class TestKeptCounts:
+    """The counts are kept by each store's own writes and counted again after another connection's
+    commit: checked against a fresh GROUP BY after every step of a mixed history of two stores."""
+
+    @staticmethod
+    def truth(path: Path) -> dict[str, int]:
+        db = sqlite3.connect(path)
+        rows = dict(db.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
+        db.close()
+        return {state: rows.get(state, 0) for state in ("pending", "failed", "started")}
+
+    @staticmethod
+    def kept(store: OutboxStore) -> dict[str, int]:
+        counts = store.counts(0.0)
+        return {state: int(counts[state] or 0) for state in ("pending", "failed", "started")}
+
+    def test_every_write_by_either_store_keeps_both_right(self, tmp_path: Path) -> None:
+        daemon, cli = OutboxStore(tmp_path / "outbox.db"), OutboxStore(tmp_path / "outbox.db")
+        steps = [
+            lambda: daemon.submit_many([entry(i) for i in "abcdef"], now=1.0, max_pending=MANY),
+            lambda: cli.submit_many([entry("g"), entry("a")], now=1.0, max_pending=MANY),
+            lambda: daemon.mark_started("a", "r", now=2.0),
+            lambda: daemon.mark_failed("b", "boom"),
+            lambda: daemon.mark_failed("b", "again: not pending, nothing moves"),
+            lambda: cli.mark_started("c", "r", now=3.0),
+            lambda: daemon.mark_retry("d", "UNAVAILABLE", next_at=5.0),
+            lambda: cli.retry("b"),
+            lambda: daemon.drop("e"),
+            lambda: cli.drop("f"),
+            lambda: daemon.mark_failed("g", "boom"),
+            lambda: daemon.drop("g"),
+            lambda: daemon.prune(started_before=2.5),
+            lambda: cli.prune(started_before=10.0),
+        ]
+        for step in steps:
+            step()
+            truth = self.truth(tmp_path / "outbox.db")
+            assert truth == self.kept(daemon) == self.kept(cli)
+        daemon.close()
+        cli.close()
+
+    def test_a_rolled_back_batch_leaves_the_counts_right(self, store: OutboxStore) -> None:
+        """A batch that fails inside its transaction stores nothing and counts nothing."""
+        store.submit_many([entry("a")], now=1.0, max_pending=MANY)
+        unbindable = NewEntry("c", "W", "q", b"", "{}", object())  # type: ignore[arg-type]
+        with pytest.raises(sqlite3.ProgrammingError):
+            store.submit_many([entry("b"), unbindable], now=1.0, max_pending=MANY)
+        assert {"pending": 1, "failed": 0, "started": 0} == self.kept(store)
+        assert self.truth(store.path) == self.kept(store)
+
+
 class TestFile:
     def test_db_and_its_wal_files_are_0600(self, store: OutboxStore) -> None:
         store.submit_many([entry("a")], now=1.0, max_pending=MANY)

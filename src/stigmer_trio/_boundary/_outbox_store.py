@@ -119,6 +119,11 @@ class OutboxStore:
         _secure_create(path)
         self.path = path
         self._lock = threading.Lock()  # one connection, used by one thread at a time
+        # The counts per state, kept up to date by this connection's own writes and counted again only
+        # when another connection (the CLI) committed: a submit must not count every pending row, nor the
+        # status board scan every retained one each second. None: count at the next need.
+        self._tally: dict[str, int] | None = None
+        self._tally_version = -1
         self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -147,9 +152,21 @@ class OutboxStore:
             try:
                 yield self._db
             except BaseException:
+                self._tally = None  # the transaction's own changes to it are rolled back
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _counted(self, db: sqlite3.Connection) -> dict[str, int]:
+        """The counts per state now (the lock held): the kept tally while no other connection committed
+        since it was last right (PRAGMA data_version changes only for other connections' commits). A
+        write that changes a count calls this inside its transaction, then adjusts what it returned."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if self._tally is None or version != self._tally_version:
+            tally = {state.value: 0 for state in SubmissionState}
+            tally.update(db.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
+            self._tally, self._tally_version = tally, version
+        return self._tally
 
     # --- submit -----------------------------------------------------------------------------------------
     def submit_many(self, entries: Sequence[NewEntry], *, now: float, max_pending: int) -> list[SubmitResult]:
@@ -157,7 +174,8 @@ class OutboxStore:
         (the same start was there: nothing stored), or refused (another start under that id; full)."""
         results: list[SubmitResult] = []
         with self._transaction() as db:
-            pending = db.execute("SELECT count(*) FROM entries WHERE state = ?", ("pending",)).fetchone()[0]
+            tally = self._counted(db)
+            pending = tally["pending"]
             for entry in entries:
                 found = db.execute(
                     f"SELECT {_COLUMNS}, fingerprint FROM entries WHERE id = ?", (entry.id,)
@@ -183,6 +201,7 @@ class OutboxStore:
                      entry.fingerprint, entry.request_id, "pending", now),
                 )  # fmt: skip
                 pending += 1
+                tally["pending"] = pending
                 submission = Submission(
                     entry.id, entry.workflow_type, entry.task_queue, SubmissionState.PENDING, 0, now,
                     None, None, None,
@@ -210,7 +229,7 @@ class OutboxStore:
     def counts(self, now: float) -> dict[str, float | int | None]:
         """pending / failed / started, and the age of the oldest pending entry (None without one)."""
         with self._lock:
-            rows = dict(self._db.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
+            rows = dict(self._counted(self._db))
             first = self._db.execute(
                 "SELECT submitted_at FROM entries WHERE state = 'pending' ORDER BY seq LIMIT 1"
             ).fetchone()
@@ -238,19 +257,24 @@ class OutboxStore:
         """What became of a batch of start attempts, in ONE transaction (group commit, like submits). A
         mark only touches a PENDING entry: one dropped or already marked meanwhile stays as it is."""
         with self._transaction() as db:
+            tally = self._counted(db)
             for mark in marks:
                 if mark.state is SubmissionState.STARTED:
-                    db.execute(
+                    moved = db.execute(
                         "UPDATE entries SET state = 'started', attempts = attempts + 1, started_at = ?,"
                         " run_id = ?, last_error = ? WHERE id = ? AND state = 'pending'",
                         (mark.at, mark.run_id, mark.error, mark.id),
-                    )
+                    ).rowcount
+                    tally["pending"] -= moved
+                    tally["started"] += moved
                 elif mark.state is SubmissionState.FAILED:
-                    db.execute(
+                    moved = db.execute(
                         "UPDATE entries SET state = 'failed', attempts = attempts + 1, last_error = ?"
                         " WHERE id = ? AND state = 'pending'",
                         (mark.error, mark.id),
-                    )
+                    ).rowcount
+                    tally["pending"] -= moved
+                    tally["failed"] += moved
                 else:  # still pending: a transient failure, retried from `at` on
                     db.execute(
                         "UPDATE entries SET attempts = attempts + 1, last_error = ?, next_at = ?"
@@ -294,21 +318,32 @@ class OutboxStore:
     def retry(self, id: str) -> bool:
         """A FAILED entry becomes pending again, due now; False if there is no failed entry `id`."""
         with self._transaction() as db:
+            tally = self._counted(db)
             cursor = db.execute(
                 "UPDATE entries SET state = 'pending', next_at = 0 WHERE id = ? AND state = 'failed'", (id,)
             )
+            tally["failed"] -= cursor.rowcount
+            tally["pending"] += cursor.rowcount
             return cursor.rowcount == 1
 
     def drop(self, id: str) -> bool:
         """Forget a pending or failed entry (a started one is history: see `prune`); False if none."""
         with self._transaction() as db:
-            cursor = db.execute("DELETE FROM entries WHERE id = ? AND state != 'started'", (id,))
-            return cursor.rowcount == 1
+            tally = self._counted(db)
+            row = db.execute(
+                "DELETE FROM entries WHERE id = ? AND state != 'started' RETURNING state", (id,)
+            ).fetchone()
+            if row is None:
+                return False
+            tally[row[0]] -= 1
+            return True
 
     def prune(self, started_before: float) -> int:
         """Delete started entries older than `started_before`; how many."""
         with self._transaction() as db:
+            tally = self._counted(db)
             cursor = db.execute(
                 "DELETE FROM entries WHERE state = 'started' AND started_at < ?", (started_before,)
             )
+            tally["started"] -= cursor.rowcount
             return cursor.rowcount

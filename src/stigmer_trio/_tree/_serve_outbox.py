@@ -75,10 +75,16 @@ class GroupCommit(Generic[In, Out]):
     """Calls from many tasks, committed together: the first caller that finds its item not yet committed
     takes EVERY item queued so far and runs `commit(items)` once in a worker thread (one transaction, one
     fsync), shielded so the others always get their answers; the rest wait their turn on a fair lock and
-    find theirs done. A caller cancelled before its item was taken removes it (nothing stored)."""
+    find theirs done. A caller cancelled before its item was taken removes it (nothing stored).
+    `committed(results)` runs on the Trio thread after each batch that committed (events, wakes)."""
 
-    def __init__(self, commit: Callable[[list[In]], Sequence[Out]]) -> None:
+    def __init__(
+        self,
+        commit: Callable[[list[In]], Sequence[Out]],
+        committed: Callable[[Sequence[Out]], None] | None = None,
+    ) -> None:
         self._commit = commit
+        self._committed = committed  # called on the Trio thread with each batch's results
         self._queue: list[_Slot[In, Out]] = []
         self._lock = trio.Lock()  # fair: FIFO
         self.commits = 0
@@ -111,6 +117,8 @@ class GroupCommit(Generic[In, Out]):
             self.commits += 1
         for slot, result in zip(batch, results, strict=True):
             slot.result, slot.done = result, True
+        if self._committed is not None:
+            self._committed(results)
 
 
 class Outbox:
@@ -122,7 +130,7 @@ class Outbox:
         self._emit = emit
         self._store: OutboxStore | None = None
         self._opening = trio.Lock()
-        self._submits: GroupCommit[NewEntry, SubmitResult] = GroupCommit(self._submit_batch)
+        self._submits: GroupCommit[NewEntry, SubmitResult] = GroupCommit(self._submit_batch, self._queued)
         self._marks: GroupCommit[Mark, None] = GroupCommit(self._mark_batch)
         self._changed = trio.Event()  # set (and replaced) after every commit of marks
         self._wake = trio.Event()  # the drain: something new may be due
@@ -165,10 +173,16 @@ class Outbox:
             results = self._db().submit_many(entries, now=time.time(), max_pending=self.config.max_pending)
         except _sqlite_errors() as exc:
             raise StateFileError(f"outbox db {str(self.path)!r}: {exc}") from exc
+        return results
+
+    def _queued(self, results: Sequence[SubmitResult]) -> None:
+        """After a batch of submits committed (on the Trio thread: the hub's readers are Trio tasks)."""
         created = sum(1 for r in results if r.created)
         found = sum(1 for r in results if r.error is None and not r.created)
-        self._emit(SubmissionsQueued(created, found))
-        return results
+        if created or found:
+            self._emit(SubmissionsQueued(created, found))
+        if created:
+            self.wake()
 
     async def submit(self, entry: NewEntry) -> Submission:
         """Store `entry` durably (committed and fsynced when this returns), or find the same start
@@ -178,8 +192,6 @@ class Outbox:
         if result.error is not None:
             raise result.error
         assert result.submission is not None
-        if result.created:
-            self.wake()
         return result.submission
 
     # --- readers ----------------------------------------------------------------------------------------
@@ -321,6 +333,10 @@ class _Drain:
         self.bridge = bridge
         self.inflight: set[str] = set()
         self.ready: deque[PendingEntry] = deque()
+        # Ids whose attempt ended (its mark committed) while a take was reading: the take may have read
+        # them pending before the mark, so they are not taken from that read (a needless second start).
+        self.reading = False
+        self.ended_during_read: set[str] = set()
 
     async def run(self) -> None:
         from .._boundary._bridge import temporal_bridge
@@ -341,10 +357,16 @@ class _Drain:
                     self.ready.clear()
                     await trio.to_thread.run_sync(store.release_backoff)
                 if not self.ready:
-                    due = await trio.to_thread.run_sync(
-                        store.take_due, time.time(), TAKE + len(self.inflight)
-                    )
-                    self.ready.extend(e for e in due if e.id not in self.inflight)
+                    self.reading = True
+                    try:
+                        due = await trio.to_thread.run_sync(
+                            store.take_due, time.time(), TAKE + len(self.inflight)
+                        )
+                    finally:
+                        self.reading = False
+                    skip = self.inflight | self.ended_during_read
+                    self.ended_during_read.clear()
+                    self.ready.extend(e for e in due if e.id not in skip)
                 while self.ready and len(self.inflight) < concurrency:
                     entry = self.ready.popleft()
                     self.inflight.add(entry.id)
@@ -369,6 +391,8 @@ class _Drain:
             self.emit(event)
         finally:
             self.inflight.discard(entry.id)
+            if self.reading:
+                self.ended_during_read.add(entry.id)
             self.outbox.wake()
 
     async def _attempt(
