@@ -11,6 +11,7 @@ identities that are still alive.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import json
 import os
@@ -41,6 +42,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def http_get(url: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET `path` from the control endpoint at `url` (http://HOST:PORT): status and body."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def clean_env(**overrides: str) -> dict[str, str]:

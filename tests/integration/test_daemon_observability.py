@@ -6,7 +6,6 @@ cleans up every process.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import RECOVERY, Identity, Stack, clean_env, wait_for
+from harness import RECOVERY, Identity, Stack, clean_env, http_get, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from stigmer_trio._observe._logfiles import RotatingLog
@@ -25,19 +24,8 @@ from stigmer_trio._observe._logfiles import RotatingLog
 pytestmark = pytest.mark.integration
 
 
-def fetch(url: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    host, _, port = url.removeprefix("http://").rpartition(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
 def metric(url: str, name: str, **labels: str) -> float:
-    code, body = fetch(url, "/metrics")
+    code, body = http_get(url, "/metrics")
     assert 200 == code
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
@@ -62,7 +50,7 @@ class TestEndpoint:
         report = stack.start()
         url = report["http"]["url"]
         assert url.startswith("http://127.0.0.1:")
-        assert (200, b"ready\n") == fetch(url, "/readyz")
+        assert (200, b"ready\n") == http_get(url, "/readyz")
         assert 0.0 == metric(url, "stigmer_devserver_restarts_total")
         assert 1.0 == metric(url, "stigmer_devserver_up")
         assert 1.0 == metric(url, "stigmer_connection_state", state="connected")
@@ -72,7 +60,7 @@ class TestEndpoint:
         codes: list[int] = []
         deadline = time.monotonic() + RECOVERY
         while time.monotonic() < deadline:
-            code, _ = fetch(url, "/readyz")
+            code, _ = http_get(url, "/readyz")
             codes.append(code)
             if 503 in codes and code == 200:
                 break
@@ -95,7 +83,7 @@ class TestEndpoint:
     def test_status_endpoint_equals_status_json(self, stack: Stack) -> None:
         """GET /status and `status --json` give the same document (uptimes aside)."""
         report = stack.start()
-        code, body = fetch(report["http"]["url"], "/status")
+        code, body = http_get(report["http"]["url"], "/status")
         assert 200 == code
         _, again = stack.status()
         assert without_uptimes(json.loads(body)) == without_uptimes(again)
