@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +45,23 @@ class SdkChild:
 
     @classmethod
     async def start(
-        cls, address: str, task_queue: str, log: Path, *, worker: bool = True, limit: float = 60.0
+        cls,
+        address: str,
+        task_queue: str,
+        log: Path,
+        *,
+        worker: bool = True,
+        limit: float = 60.0,
+        program: Sequence[str] = (),
     ) -> tuple[SdkChild, dict[str, Any]]:
+        """Spawn `PROGRAM ADDRESS TASK_QUEUE` (PROGRAM: this module's child by default; another one may
+        speak the same line protocol) and wait for its "ready"."""
         import subprocess
 
         import trio
 
-        command = [sys.executable, str(HERE / "_sdk_child.py"), address, task_queue]
+        program = program or (sys.executable, str(HERE / "_sdk_child.py"))
+        command = [*program, address, task_queue]
         if not worker:
             command.append("--no-worker")
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
