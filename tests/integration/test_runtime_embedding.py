@@ -72,8 +72,9 @@ class TestDevServerCrash:
 class TestOutbox:
     def test_queued_starts_survive_an_outage_and_a_kill_mid_drain_exactly_once(self, tmp_path: Path) -> None:
         """submit_workflow while Temporal is down returns at once (durable, PENDING); the server comes
-        back and is SIGKILLed mid-drain, then comes back again: every queued start ran once, to its
-        result, under the run id the outbox recorded, and no id has a second run."""
+        back and is SIGKILLed mid-drain, comes back again and is frozen (SIGSTOP 3 s) mid-drain, then
+        thaws: every queued start ran once, to its result, under the run id the outbox recorded, and no
+        id has a second run."""
         steps = scenario("outbox", tmp_path)
         queued = steps["queued"]
         n = queued["outbox"]["pending"]
@@ -83,6 +84,8 @@ class TestOutbox:
         assert "'ob-0' is already queued" in queued["conflict"]
         drained = steps["drained"]
         assert 0 < drained["at_kill"]["started"] < n  # the kill really came mid-drain
+        assert drained["at_kill"]["started"] < drained["at_freeze"]["started"] < n  # and the freeze
+        assert drained["frozen_state"] != "connected"  # seen as lost while frozen
         assert (drained["outbox"]["pending"], drained["outbox"]["failed"], drained["outbox"]["started"]) == (
             0,
             0,

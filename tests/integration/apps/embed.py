@@ -9,7 +9,7 @@ JSON lines on stdout and leaves with os._exit: the test judges the lines, never 
     python embed.py hung      STATE_DIR PORT      SIGSTOP a bare server: detection, fail-fast, bounded close
     python embed.py broken    STATE_DIR PORT      a Worker that fails for real: restarts, then the limit
     python embed.py midprobe  STATE_DIR PORT      SIGKILL a bare server while health checks are in flight
-    python embed.py outbox    STATE_DIR PORT      submit while Temporal is down, SIGKILL it mid-drain
+    python embed.py outbox    STATE_DIR PORT      queue while down; SIGKILL, then SIGSTOP it mid-drain
 """
 
 from __future__ import annotations
@@ -483,8 +483,9 @@ OUTBOX_N = 120
 
 
 async def outbox(state_dir: Path, port: int) -> None:
-    """Queued starts through Temporal being down, coming back, and being SIGKILLed mid-drain: every one
-    is started once and completes once (a second run would show in the workflow's run list)."""
+    """Queued starts through Temporal being down, coming back, being SIGKILLed mid-drain, and frozen
+    mid-drain: every one is started once and completes once (a second run would show in the workflow's
+    run list)."""
     db = state_dir / "temporal.db"
     config = external_config(state_dir, port, [worker_spec()], health_interval=0.2)
     async with bare_servers(state_dir, port) as spawn, st.open_runtime(config) as rt:
@@ -516,6 +517,17 @@ async def outbox(state_dir: Path, port: int) -> None:
         await server.wait()
         at_kill = await rt.outbox_status()
         server = await spawn(db)
+        # Then frozen mid-drain (SIGSTOP, 3 s: the connection is lost, the starts in flight are given
+        # up and sit unanswered in the server's socket): when it thaws, it answers them late, and the
+        # drain sends them again with their request ids.
+        with trio.fail_after(30):
+            while (await rt.outbox_status())["started"] < OUTBOX_N // 2:
+                await trio.sleep(0.001)
+        os.killpg(server.pid, signal.SIGSTOP)
+        at_freeze = await rt.outbox_status()
+        await trio.sleep(3.0)
+        frozen_state = rt.state.value
+        os.killpg(server.pid, signal.SIGCONT)
         with trio.fail_after(60):
             for n in range(OUTBOX_N):
                 await rt.wait_started(f"ob-{n}")
@@ -549,6 +561,8 @@ async def outbox(state_dir: Path, port: int) -> None:
         report(
             step="drained",
             at_kill=at_kill,
+            at_freeze=at_freeze,
+            frozen_state=frozen_state,
             outbox=await rt.outbox_status(),
             results=results,
             runs=listed,
