@@ -372,6 +372,29 @@ class TestHttpConfig:
         config = resolve(flags={"state_dir": "/tmp/x"}, env=env, file=file)
         assert HttpConfig(host="0.0.0.0", port=9, allow_remote=True) == config.http
 
+    def test_allowed_hosts_and_connection_cap(self) -> None:
+        """http_allow_hosts / http_max_connections: flags > env (comma list) > file; defaults () / 64;
+        a bad value names the field."""
+        assert ((), 64) == (HttpConfig().allow_hosts, HttpConfig().max_connections)
+        file = {"http": ":9", "http_allow_hosts": ["10.0.0.5:9"], "http_max_connections": 8}
+        config = resolve(flags={"state_dir": "/tmp/x"}, env={}, file=file)
+        assert config.http is not None
+        assert (("10.0.0.5:9",), 8) == (config.http.allow_hosts, config.http.max_connections)
+        env = {"STIGMER_TRIO_HTTP_ALLOW_HOSTS": "a.example, b:1", "STIGMER_TRIO_HTTP_MAX_CONNECTIONS": "3"}
+        config = resolve(flags={"state_dir": "/tmp/x"}, env=env, file=file)
+        assert config.http is not None
+        assert (("a.example", "b:1"), 3) == (config.http.allow_hosts, config.http.max_connections)
+        flags = {"state_dir": "/tmp/x", "http_allow_hosts": ["c"], "http_max_connections": 2}
+        config = resolve(flags=flags, env=env, file=file)
+        assert config.http is not None
+        assert (("c",), 2) == (config.http.allow_hosts, config.http.max_connections)
+        with pytest.raises(ConfigError, match=r"^max_connections must be a whole number >= 1, got 0"):
+            resolve(flags={**flags, "http_max_connections": 0}, env={}, file=file)
+        with pytest.raises(ConfigError, match=r"^allow_hosts must be a list of host names"):
+            resolve(flags={**flags, "http_allow_hosts": ["a b"]}, env={}, file=file)
+        with pytest.raises(ConfigError, match=r"STIGMER_TRIO_HTTP_MAX_CONNECTIONS must be a number"):
+            resolve(flags={"state_dir": "/tmp/x"}, env={"STIGMER_TRIO_HTTP_MAX_CONNECTIONS": "x"}, file=file)
+
     def test_bad_log_format_names_the_field(self) -> None:
         """log_format 'xml': one line naming the field and the value."""
         with pytest.raises(ConfigError, match=r"log_format must be 'text' or 'json', got 'xml'"):

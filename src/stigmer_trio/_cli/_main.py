@@ -83,6 +83,19 @@ def _add_up_options(parser: argparse.ArgumentParser) -> None:
         dest="http_allow_remote",
         help="allow --http on a non-loopback address (the endpoint has no authentication)",
     )
+    parser.add_argument(
+        "--http-allow-host",
+        action="append",
+        dest="http_allow_hosts",
+        metavar="HOST",
+        help="also answer requests whose Host header is HOST or HOST:PORT (repeatable; e.g. a pod IP)",
+    )
+    parser.add_argument(
+        "--http-max-connections",
+        type=int,
+        metavar="N",
+        help="connections the control endpoint serves at once (64)",
+    )
     parser.add_argument("--log-format", choices=("text", "json"), help="daemon log lines (text)")
 
 

@@ -107,7 +107,7 @@ def full_config(settings: Settings) -> RuntimeConfig:
     import attrs
 
     from .._boundary._statefiles import ensure_state_dir
-    from .._core._config import HttpConfig, is_loopback, resolve
+    from .._core._config import HttpConfig, http_options, is_loopback, resolve
     from .._core._errors import ConfigError
 
     flags, env, file = settings.flags, settings.env, settings.file
@@ -130,7 +130,8 @@ def full_config(settings: Settings) -> RuntimeConfig:
             config = attrs.evolve(config, demo_worker=True)  # the daemon runs the demo worker by default
         if flags.get("http") is None and "STIGMER_TRIO_HTTP" not in env and "http" not in file:
             # the daemon serves its endpoint by default (loopback, a free port; `status` finds it)
-            config = attrs.evolve(config, http=HttpConfig(allow_remote=bool(flags.get("http_allow_remote"))))
+            options = http_options(flags=flags, env=env, file=file)
+            config = attrs.evolve(config, http=HttpConfig(**options))
         ensure_state_dir(config.state_dir)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None

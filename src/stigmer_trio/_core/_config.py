@@ -24,6 +24,7 @@ __all__ = [
     "OutboxConfig",
     "RuntimeConfig",
     "WorkerSpec",
+    "http_options",
     "parse_http",
     "resolve",
     "resolve_outbox",
@@ -314,6 +315,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9._:\[\]-]{1,255}")
+
+
+def _host_names(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(h, str) and _HOST_NAME.fullmatch(h) for h in value):
+        raise ConfigError(
+            f"{attribute.name} must be a list of host names or HOST:PORT (letters, digits, '.', '-', ':', "
+            f"'[]'), got {value!r}"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class HttpConfig:
     """The control endpoint (/healthz /readyz /status /metrics). Port 0 picks a free port once.
@@ -324,6 +336,11 @@ class HttpConfig:
     host: str = attrs.field(default="127.0.0.1", validator=_optional_str)
     port: int = attrs.field(default=0, validator=_port(zero=True))
     allow_remote: bool = attrs.field(default=False, validator=_bool)
+    # Host header values answered besides loopback names, `localhost` and the bound address (e.g. the
+    # pod IP:port a Kubernetes probe sends); anything else gets 421 (a DNS-rebinding page cannot read).
+    allow_hosts: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_host_names)
+    # Connections served at once; more wait in the listen backlog (a local user cannot exhaust our fds).
+    max_connections: int = attrs.field(default=64, validator=_count(1))
 
     def __attrs_post_init__(self) -> None:
         if not self.allow_remote and not is_loopback(self.host):
@@ -337,8 +354,11 @@ class HttpConfig:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def parse_http(value: Any, where: str = "http", *, allow_remote: bool = False) -> HttpConfig | None:
-    """'off' -> None; 'HOST:PORT', ':PORT' or 'PORT' -> HttpConfig (ConfigError naming `where`)."""
+def parse_http(
+    value: Any, where: str = "http", *, allow_remote: bool = False, **options: Any
+) -> HttpConfig | None:
+    """'off' -> None; 'HOST:PORT', ':PORT' or 'PORT' -> HttpConfig (ConfigError naming `where`).
+    `options`: the other HttpConfig fields (allow_hosts, max_connections)."""
     if isinstance(value, HttpConfig) or value is None:
         return value
     if isinstance(value, bool) and not value:
@@ -354,7 +374,30 @@ def parse_http(value: Any, where: str = "http", *, allow_remote: bool = False) -
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{where} must be HOST:PORT (port 0-65535) or 'off', got {value!r}")
-    return HttpConfig(host=host, port=int(port), allow_remote=allow_remote)
+    return HttpConfig(host=host, port=int(port), allow_remote=allow_remote, **options)
+
+
+def http_options(
+    *, flags: Mapping[str, Any], env: Mapping[str, str], file: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The endpoint's settings besides its address (flags > STIGMER_TRIO_* > file), as HttpConfig
+    keyword arguments: allow_remote, allow_hosts, max_connections (only those given)."""
+    file = file or {}
+    options: dict[str, Any] = {}
+    for key in ("http_allow_remote", "http_allow_hosts", "http_max_connections"):
+        raw = env.get(f"STIGMER_TRIO_{key.upper()}")
+        if flags.get(key) is not None:
+            value = flags[key]
+        elif raw is not None and raw != "":
+            value = _env_value(key, raw)
+        elif key in file:
+            value = file[key]
+        else:
+            continue
+        options[key.removeprefix("http_")] = value
+    if "allow_remote" in options and not isinstance(options["allow_remote"], bool):
+        raise ConfigError(f"http_allow_remote must be true or false, got {options['allow_remote']!r}")
+    return options
 
 
 @attrs.frozen(kw_only=True)
@@ -433,14 +476,15 @@ _DEV_KEYS = (
 )  # fmt: skip
 _FILE_KEYS = (
     "state_dir", "dev_server", "shutdown_timeout", "restart", "external", "demo_worker", "workers",
-    "http", "http_allow_remote", "log_format", "log_max_bytes", "log_backups", "outbox",
+    "http", "http_allow_remote", "http_allow_hosts", "http_max_connections", "log_format", "log_max_bytes",
+    "log_backups", "outbox",
 )  # fmt: skip
 # [outbox] in the file, STIGMER_TRIO_OUTBOX_<KEY> in the environment; `enabled = false`: no queue.
 _OUTBOX_KEYS = ("enabled", "max_pending", "retain", "concurrency")
 _POLICY_KEYS = tuple(f.name for f in attrs.fields(RestartPolicy))
 _INT_KEYS = {
     "port", "http_port", "metrics_port", "failures_to_restart", "log_max_bytes", "log_backups",
-    "outbox_max_pending", "outbox_concurrency",
+    "outbox_max_pending", "outbox_concurrency", "http_max_connections",
 }  # fmt: skip
 _FLOAT_KEYS = {
     "start_timeout", "health_interval", "health_timeout", "stop_timeout", "shutdown_timeout", "outbox_retain",
@@ -463,7 +507,7 @@ def _env_value(key: str, raw: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
-    if key in ("namespaces", "dynamic_config", "sqlite_pragmas"):
+    if key in ("namespaces", "dynamic_config", "sqlite_pragmas", "http_allow_hosts"):
         return [part.strip() for part in raw.split(",") if part.strip()]
     return raw
 
@@ -545,9 +589,9 @@ def resolve(
             raise ConfigError(f"[restart] {exc}") from None
     if shutdown is not None:
         runtime["shutdown_timeout"] = shutdown
-    http, allow_remote = pick("http", file), bool(pick("http_allow_remote", file))
+    http = pick("http", file)
     if http is not None:
-        runtime["http"] = parse_http(http, allow_remote=allow_remote)
+        runtime["http"] = parse_http(http, **http_options(flags=flags, env=env, file=file))
     for key in ("log_format", "log_max_bytes", "log_backups"):
         value = pick(key, file)
         if value is not None:
