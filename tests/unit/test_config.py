@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from stigmer_trio import ConfigError, RestartPolicy
-from stigmer_trio._core._config import DEFAULT_DEVSERVER_POLICY, DevServerConfig, RuntimeConfig, resolve
+from stigmer_trio._core._config import (
+    DEFAULT_DEVSERVER_POLICY,
+    ConnectionConfig,
+    DevServerConfig,
+    RuntimeConfig,
+    resolve,
+)
 from stigmer_trio._core._layout import default_state_dir
 
 ENV = {"HOME": "/home/u"}
@@ -191,3 +199,107 @@ def test_cli_signal_numbers_match_the_daemon() -> None:
     from stigmer_trio import _daemon
 
     assert (signal.SIGUSR1, signal.SIGTERM) == (_daemon.HANDOVER_SIGNAL, _daemon.SIGTERM)
+
+
+# Every duration setting the file (or the environment) can reach, where it lives in the file.
+DURATIONS = [
+    ({"dev_server": {"start_timeout": None}}, "start_timeout"),
+    ({"dev_server": {"health_interval": None}}, "health_interval"),
+    ({"dev_server": {"health_timeout": None}}, "health_timeout"),
+    ({"dev_server": {"stop_timeout": None}}, "stop_timeout"),
+    ({"shutdown_timeout": None}, "shutdown_timeout"),
+    ({"outbox": {"retain": None}}, "retain"),
+]
+
+
+def _with(file: dict[str, Any], value: Any) -> dict[str, Any]:
+    """`file` with its one None leaf replaced by `value`."""
+    return {k: _with(v, value) if isinstance(v, dict) else value for k, v in file.items()}
+
+
+class TestBounds:
+    @pytest.mark.parametrize("value", [1e308, math.inf, math.nan, 86_400 * 400, -1])
+    @pytest.mark.parametrize(("file", "field"), DURATIONS)
+    def test_durations_are_finite_and_bounded(self, file: dict[str, Any], field: str, value: float) -> None:
+        """Every duration must be finite and at most a day (retain: 366 days); 1e308 used to pass."""
+        with pytest.raises(ConfigError) as info:
+            resolve(flags={}, env=ENV, file=_with(file, value))
+        message = str(info.value)
+        assert f"{field} must be a number of seconds" in message
+        assert repr(value) in message
+        assert "at most" in message
+
+    def test_largest_durations_pass(self) -> None:
+        """A day (a year for retain) is still accepted."""
+        config = resolve(
+            flags={}, env=ENV, file={"dev_server": {"stop_timeout": 86_400}, "outbox": {"retain": 31_622_400}}
+        )
+        assert 86_400 == dev(config).stop_timeout
+        assert config.outbox is not None
+        assert 31_622_400 == config.outbox.retain
+
+    @pytest.mark.parametrize(
+        ("file", "needle"),
+        [
+            (
+                {"dev_server": {"failures_to_restart": 10**6}},
+                "failures_to_restart must be a whole number >= 1",
+            ),
+            ({"log_max_bytes": 2**80}, "log_max_bytes must be a whole number >= 4096"),
+            ({"outbox": {"max_pending": 2**63}}, "max_pending must be a whole number >= 1"),
+            ({"http_max_connections": 10**9}, "max_connections must be a whole number >= 1"),
+        ],
+    )
+    def test_counts_are_bounded(self, file: dict[str, Any], needle: str) -> None:
+        """Counts have a named upper bound too (a 2**63 max_pending overflowed SQLite's integer)."""
+        with pytest.raises(ConfigError, match=re.escape(needle) + r".*\(at most \d+\)$"):
+            resolve(flags={}, env=ENV, file={**file, "http": "127.0.0.1:0"})
+
+    @pytest.mark.parametrize(
+        ("file", "field"),
+        [
+            ({"dev_server": {"namespaces": ["ab\n"]}}, "namespace"),
+            ({"dev_server": {"dynamic_config": ["a=b\n"]}}, "dynamic_config"),
+            ({"dev_server": {"sqlite_pragmas": ["journal_mode=wal\n"]}}, "sqlite_pragmas"),
+            ({"dev_server": {"dynamic_config": ["a=b c"]}}, "dynamic_config"),
+            ({"external": "host\n:7233"}, "external"),
+            ({"external": "host:\uff17\uff12\uff13\uff13"}, "external"),
+            ({"http": "bad\nhost:0", "http_allow_remote": True}, "host"),
+            ({"http": "127.0.0.1:\uff18\uff10"}, "http"),
+        ],
+    )
+    def test_whole_value_must_match(self, file: dict[str, Any], field: str) -> None:
+        """A trailing newline (or non-ASCII digits) no longer slips past a pattern: fullmatch."""
+        with pytest.raises(ConfigError) as info:
+            resolve(flags={}, env=ENV, file=file)
+        assert str(info.value).startswith(field)
+
+    def test_connection_namespace_is_checked(self) -> None:
+        """ConnectionConfig's namespace follows the same rule as the dev server's."""
+        with pytest.raises(ConfigError, match=r"^namespace must be"):
+            ConnectionConfig(namespace="default\n")
+
+
+class TestApiKeyTls:
+    def test_tls_follows_the_api_key(self) -> None:
+        """TLS is on by default exactly when an api_key is set."""
+        assert (False, True) == (ConnectionConfig().tls, ConnectionConfig(api_key="k").tls)
+
+    def test_plaintext_api_key_is_refused(self) -> None:
+        """tls=False with an api_key would send it in cleartext: refused, naming the way out."""
+        with pytest.raises(ConfigError, match=r"cleartext.*plaintext_api_key=True"):
+            ConnectionConfig(address="10.0.0.1:7233", api_key="k", tls=False)
+
+    def test_plaintext_api_key_when_asked(self) -> None:
+        """plaintext_api_key=True is the explicit opt-in (e.g. a TLS-terminating sidecar on loopback)."""
+        config = ConnectionConfig(api_key="k", tls=False, plaintext_api_key=True)
+        assert not config.tls
+
+    def test_evolve_does_not_leak(self) -> None:
+        """Adding an api_key to a plaintext config later is refused too, not silently plaintext."""
+        with pytest.raises(ConfigError, match="cleartext"):
+            attrs.evolve(ConnectionConfig(), api_key="k")
+
+    def test_api_key_not_in_repr(self) -> None:
+        """The key never shows in a repr (logs, tracebacks)."""
+        assert "sekrit" not in repr(ConnectionConfig(api_key="sekrit"))

@@ -121,9 +121,13 @@ def sdk_runtime() -> Runtime:
 
 
 async def connect(
-    address: str, namespace: str, *, timeout: float, tls: bool = False, api_key: str | None = None
+    address: str, namespace: str, *, timeout: float, tls: bool | None = None, api_key: str | None = None
 ) -> Client:
-    """Client.connect bounded by `timeout` (the SDK alone waits 30 s on a hung server)."""
+    """Client.connect bounded by `timeout` (the SDK alone waits 30 s on a hung server). `tls` None: on
+    exactly when an api_key is given (never a bearer token in cleartext by default); ConnectionConfig
+    decides it the same way and refuses tls=False with an api_key unless plaintext_api_key is set."""
+    if tls is None:
+        tls = api_key is not None
     call = functools.partial(
         Client.connect, address, namespace=namespace, tls=tls, api_key=api_key, runtime=sdk_runtime()
     )

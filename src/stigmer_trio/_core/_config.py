@@ -31,7 +31,17 @@ __all__ = [
 ]
 
 # Temporal namespace names: letters, digits, '-', '_' and '.', starting with a letter or digit.
-_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+# Every pattern here is used with fullmatch: `$` would also accept a trailing newline.
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9._:\[\]-]{1,255}")
+_PORT_TEXT = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() also takes '²' and '٣'
+
+# Upper bounds. Every duration is finite and at most a day (the outbox's retention: a year), every
+# count bounded: a typo such as 1e308 is refused in one line instead of overflowing a deadline (or a
+# SQLite integer) after the daemon has started.
+MAX_SECONDS = 86_400.0
+MAX_RETAIN = 366 * 86_400.0
+MAX_LOG_BYTES = 1 << 40
 
 # Dynamic config the dev server starts with. Eager workflow start: the runtime's client and workers
 # share a process. The transfer-queue rate: with the server's default of 20 loads per second, every new
@@ -61,13 +71,15 @@ DEFAULT_DYNAMIC_CONFIG = (
 # SQLite: write-ahead log, fsync at checkpoints. Survives the server being killed (our crash model);
 # power loss may lose the last commits but never corrupts the db. Round trip 36 -> 23 ms measured here.
 DEFAULT_SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
-_PRAGMA = re.compile(r"^[a-z_]+=[A-Za-z0-9_-]+$")
-_DYNAMIC = re.compile(r"^[A-Za-z0-9_.]+=\S+$")
+_PRAGMA = re.compile(r"[a-z_]+=[A-Za-z0-9_-]+")
+_DYNAMIC = re.compile(r"[A-Za-z0-9_.]+=[!-~]+")  # KEY=VALUE, the value printable ASCII without spaces
 
 
 def _settings(pattern: re.Pattern[str], example: str) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, tuple) or not all(isinstance(v, str) and pattern.match(v) for v in value):
+        if not isinstance(value, tuple) or not all(
+            isinstance(v, str) and pattern.fullmatch(v) for v in value
+        ):
             raise ConfigError(f"{attribute.name} must be a list of KEY=VALUE like {example!r}, got {value!r}")
 
     return check
@@ -96,12 +108,16 @@ def _port(*, optional: bool = False, zero: bool = False) -> Any:
     return check
 
 
-def _seconds(*, positive: bool = True) -> Any:
+def _seconds(*, positive: bool = True, maximum: float = MAX_SECONDS) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-        if not ok or value < 0 or (positive and value == 0):
+        if not ok or not 0 <= value <= maximum or (positive and value == 0):
             bound = "> 0" if positive else ">= 0"
-            raise ConfigError(f"{attribute.name} must be a number of seconds {bound}, got {value!r}")
+            days = maximum / 86_400
+            limit = f"at most {maximum:.0f}: {days:g} day{'' if days == 1 else 's'}"
+            raise ConfigError(
+                f"{attribute.name} must be a number of seconds {bound}, got {value!r} ({limit})"
+            )
 
     return check
 
@@ -111,10 +127,12 @@ def _optional_seconds(instance: object, attribute: attrs.Attribute[Any], value: 
         _seconds()(instance, attribute, value)
 
 
-def _count(minimum: int) -> Any:
+def _count(minimum: int, maximum: int) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{attribute.name} must be a whole number >= {minimum}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise ConfigError(
+                f"{attribute.name} must be a whole number >= {minimum}, got {value!r} (at most {maximum})"
+            )
 
     return check
 
@@ -123,11 +141,19 @@ def _namespaces(instance: object, attribute: attrs.Attribute[Any], value: Any) -
     if not isinstance(value, tuple) or not value:
         raise ConfigError(f"{attribute.name} must be a non-empty list of namespace names, got {value!r}")
     for name in value:
-        if not isinstance(name, str) or not _NAMESPACE.match(name):
-            raise ConfigError(
-                f"namespace must be 2-255 letters, digits, '.', '_' or '-' starting with a letter or "
-                f"digit, got {name!r}"
-            )
+        _check_namespace("namespace", name)
+
+
+def _check_namespace(field: str, name: Any) -> None:
+    if not isinstance(name, str) or not _NAMESPACE.fullmatch(name):
+        raise ConfigError(
+            f"{field} must be 2-255 letters, digits, '.', '_' or '-' starting with a letter or digit, "
+            f"got {name!r}"
+        )
+
+
+def _namespace(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _check_namespace(attribute.name, value)
 
 
 def _to_tuple(value: Any) -> Any:
@@ -183,10 +209,10 @@ class DevServerConfig:
     # Healthy, the probe (check_health + DescribeNamespace) answers in ~1-8 ms (p99), also under load.
     health_interval: float = attrs.field(default=0.5, validator=_seconds())
     health_timeout: float = attrs.field(default=0.5, validator=_seconds())
-    failures_to_restart: int = attrs.field(default=2, validator=_count(1))
+    failures_to_restart: int = attrs.field(default=2, validator=_count(1, 1000))
     stop_timeout: float = attrs.field(default=5.0, validator=_seconds(positive=False))
-    log_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_count(4096))
-    log_backups: int = attrs.field(default=3, validator=_count(0))
+    log_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_count(4096, MAX_LOG_BYTES))
+    log_backups: int = attrs.field(default=3, validator=_count(0, 1000))
     dynamic_config: tuple[str, ...] = attrs.field(
         default=DEFAULT_DYNAMIC_CONFIG,
         converter=_to_tuple,
@@ -244,7 +270,7 @@ DEFAULT_CONNECTION_POLICY = RestartPolicy(
 
 def _address(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not _HOST_NAME.fullmatch(host) or not _PORT_TEXT.fullmatch(port) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"{attribute.name} must be HOST:PORT, got {value!r}")
 
 
@@ -255,12 +281,19 @@ def _optional_str(instance: object, attribute: attrs.Attribute[Any], value: Any)
 
 @attrs.frozen(kw_only=True)
 class ConnectionConfig:
-    """The Temporal client connection: any address (external mode), TLS and API key included."""
+    """The Temporal client connection: any address (external mode), TLS and API key included.
+
+    `tls` defaults to on when an `api_key` is set (off otherwise); an api_key over plaintext
+    (`tls=False`) is refused unless `plaintext_api_key=True` says so: it would travel in cleartext.
+    """
 
     address: str = attrs.field(default="127.0.0.1:7233", validator=_address)
-    namespace: str = attrs.field(default="default", validator=_optional_str)
-    tls: bool = attrs.field(default=False, validator=_bool)
+    namespace: str = attrs.field(default="default", validator=_namespace)
     api_key: str | None = attrs.field(default=None, validator=_optional_str, repr=False)
+    tls: bool = attrs.field(
+        default=attrs.Factory(lambda self: self.api_key is not None, takes_self=True), validator=_bool
+    )
+    plaintext_api_key: bool = attrs.field(default=False, validator=_bool)
     health_interval: float = attrs.field(default=1.0, validator=_seconds())
     health_timeout: float = attrs.field(default=1.0, validator=_seconds())
     connect_timeout: float = attrs.field(default=5.0, validator=_seconds())
@@ -273,6 +306,13 @@ class ConnectionConfig:
         default=WORKFLOW_TASK_TIMEOUT, validator=_optional_seconds
     )
     policy: RestartPolicy = attrs.field(default=DEFAULT_CONNECTION_POLICY, validator=_policy)
+
+    def __attrs_post_init__(self) -> None:
+        if self.api_key is not None and not self.tls and not self.plaintext_api_key:
+            raise ConfigError(
+                f"connection to {self.address}: tls=False would send the api_key in cleartext; "
+                "leave tls on (the default with an api_key) or set plaintext_api_key=True"
+            )
 
 
 def _specs(value: Any) -> Any:
@@ -315,7 +355,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-_HOST_NAME = re.compile(r"[A-Za-z0-9._:\[\]-]{1,255}")
+def _host(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not _HOST_NAME.fullmatch(value):
+        raise ConfigError(
+            f"{attribute.name} must be a host name or IP address (letters, digits, '.', '-', ':'), "
+            f"got {value!r}"
+        )
 
 
 def _host_names(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -333,14 +378,14 @@ class HttpConfig:
     Loopback only unless `allow_remote`: the endpoint has no authentication.
     """
 
-    host: str = attrs.field(default="127.0.0.1", validator=_optional_str)
+    host: str = attrs.field(default="127.0.0.1", validator=_host)
     port: int = attrs.field(default=0, validator=_port(zero=True))
     allow_remote: bool = attrs.field(default=False, validator=_bool)
     # Host header values answered besides loopback names, `localhost` and the bound address (e.g. the
     # pod IP:port a Kubernetes probe sends); anything else gets 421 (a DNS-rebinding page cannot read).
     allow_hosts: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_host_names)
     # Connections served at once; more wait in the listen backlog (a local user cannot exhaust our fds).
-    max_connections: int = attrs.field(default=64, validator=_count(1))
+    max_connections: int = attrs.field(default=64, validator=_count(1, 65_536))
 
     def __attrs_post_init__(self) -> None:
         if not self.allow_remote and not is_loopback(self.host):
@@ -372,7 +417,7 @@ def parse_http(
     if not sep:
         host, port = "127.0.0.1", text
     host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not _PORT_TEXT.fullmatch(port) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{where} must be HOST:PORT (port 0-65535) or 'off', got {value!r}")
     return HttpConfig(host=host, port=int(port), allow_remote=allow_remote, **options)
 
@@ -406,9 +451,9 @@ class OutboxConfig:
     a submit beyond it raises OutboxFull), how long a started entry is kept (`retain`, seconds: its id
     stays deduplicated that long), and how many starts the drain has in flight (`concurrency`)."""
 
-    max_pending: int = attrs.field(default=100_000, validator=_count(1))
-    retain: float = attrs.field(default=7 * 24 * 3600.0, validator=_seconds())
-    concurrency: int = attrs.field(default=16, validator=_count(1))
+    max_pending: int = attrs.field(default=100_000, validator=_count(1, 1_000_000_000))
+    retain: float = attrs.field(default=7 * 24 * 3600.0, validator=_seconds(maximum=MAX_RETAIN))
+    concurrency: int = attrs.field(default=16, validator=_count(1, 1024))
 
 
 def _log_format(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -435,8 +480,8 @@ class RuntimeConfig:
     http: HttpConfig | None = attrs.field(default=None)
     # The daemon's own log (logs/daemon.log when detached): format, size bound and rotated copies.
     log_format: str = attrs.field(default="text", validator=_log_format)
-    log_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_count(4096))
-    log_backups: int = attrs.field(default=3, validator=_count(0))
+    log_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_count(4096, MAX_LOG_BYTES))
+    log_backups: int = attrs.field(default=3, validator=_count(0, 1000))
     # The durable start queue (Runtime.submit_workflow); None: no queue, no outbox child.
     outbox: OutboxConfig | None = attrs.field(factory=OutboxConfig)
 
