@@ -65,10 +65,8 @@ class TestHandover:
                 argv.append(flag)
             elif action.choices:
                 argv += [flag, str(list(action.choices)[-1])]
-            elif action.type is int:
+            elif action.type is not None:  # int, or a bounded number type (seconds, counts)
                 argv += [flag, "7"]
-            elif action.type is float:
-                argv += [flag, "7.5"]
             else:
                 argv += [flag, f"value-of-{action.dest}"]
         args = build_parser().parse_args(argv)

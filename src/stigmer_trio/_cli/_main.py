@@ -4,27 +4,66 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._version import __version__
 from . import _commands, _queue
-from ._common import EXIT_USAGE, PROG, UsageError, say
-from ._settings import load_toml, resolve_state_dir
+from ._common import EXIT_OK, EXIT_USAGE, PROG, UsageError, say
+from ._settings import Settings, full_config, load_toml, resolve_state_dir
 
 TYPE_CHECKING = False  # typing is not imported at run time: the hot paths stay lean
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
 
 __all__ = ["build_parser", "main"]
+
+MAX_SECONDS = 86_400.0  # every duration flag: finite and at most a day (as in _core/_config)
+MAX_COUNT = 1_000_000_000  # --lines, --limit
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks and other control characters escaped: an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr and exit code 2 (no usage dump)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{PROG} --help')\n")
+        self.exit(EXIT_USAGE, f"{PROG}: error: {one_line(message)} (see '{PROG} --help')\n")
+
+
+def _seconds(*, positive: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, > 0 (or >= 0) and at most a day."""
+    bound = "> 0" if positive else ">= 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS or (positive and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"must be a number of seconds {bound}, got {text!r} (at most {MAX_SECONDS:.0f}: 1 day)"
+            )
+        return value
+
+    return parse
+
+
+def _whole(text: str) -> int:
+    """An argparse type: a whole number from 0 to MAX_COUNT."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r} (at most {MAX_COUNT})")
+    return value
 
 
 def _add_location(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +86,10 @@ def _add_up_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--binary", metavar="PATH", help="the temporal executable (default: next to python)")
     parser.add_argument(
-        "--start-timeout", type=float, metavar="S", help="seconds a server may take to be ready"
+        "--start-timeout",
+        type=_seconds(positive=True),
+        metavar="S",
+        help="seconds a server may take to be ready (15; at most a day)",
     )
     parser.add_argument(
         "--in-memory",
@@ -97,6 +139,12 @@ def _add_up_options(parser: argparse.ArgumentParser) -> None:
         help="connections the control endpoint serves at once (64)",
     )
     parser.add_argument("--log-format", choices=("text", "json"), help="daemon log lines (text)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only validate the settings (file, environment, flags, --worker modules): exit 0 or 2; "
+        "starts, stops and creates nothing",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up_options(commands.add_parser("up", help="start the runtime (foreground unless --detach)"))
     stop = commands.add_parser("stop", help="stop the runtime and its dev server")
     _add_location(stop)
-    stop.add_argument("--timeout", type=float, default=15.0, metavar="S", help="graceful stop budget (15)")
+    stop.add_argument(
+        "--timeout",
+        type=_seconds(positive=False),
+        default=15.0,
+        metavar="S",
+        help="graceful stop budget (15)",
+    )
     restart = commands.add_parser("restart", help="stop, then start the runtime in the background")
     _add_up_options(restart)
     demo = commands.add_parser("demo", help="run the built-in demo workflow through the daemon's worker")
@@ -125,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_location(logs)
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended")
     logs.add_argument("--devserver", action="store_true", help="the dev server's log instead")
-    logs.add_argument("-n", "--lines", type=int, metavar="N", help="only the last N lines")
+    logs.add_argument("-n", "--lines", type=_whole, metavar="N", help="only the last N lines")
     submit = commands.add_parser(
         "submit", help="queue a workflow start: durable now, started when Temporal is up (exactly once)"
     )
@@ -142,31 +196,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="one argument (repeatable)",
     )
     submit.add_argument("--wait", action="store_true", help="wait until started; print `started ID RUN_ID`")
-    submit.add_argument("--timeout", type=float, metavar="S", help="with --wait: give up waiting after S s")
+    submit.add_argument(
+        "--timeout", type=_seconds(positive=True), metavar="S", help="with --wait: give up waiting after S s"
+    )
     queue = commands.add_parser("queue", help="the queued starts: list, `queue retry ID`, `queue drop ID`")
     _add_location(queue)
     queue.add_argument("action", nargs="?", choices=("retry", "drop"), help="retry a failed entry, drop one")
     queue.add_argument("id", nargs="?", metavar="ID", help="the entry's workflow id")
     queue.add_argument("--json", action="store_true", help="one JSON object: counts and entries")
     queue.add_argument("--state", choices=("pending", "failed", "started"), help="only entries in this state")
-    queue.add_argument("--limit", type=int, default=_queue.LIST_LIMIT, metavar="N", help="at most N entries")
+    queue.add_argument(
+        "--limit", type=_whole, default=_queue.LIST_LIMIT, metavar="N", help="at most N entries"
+    )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m stigmer_trio`` and the ``stigmer-trio`` script; returns the exit code."""
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Entry point of ``python -m stigmer_trio`` and the ``stigmer-trio`` script; returns the exit code.
+    `argv` and `env` default to the process's (tests pass their own)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ if env is None else env
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    env = os.environ
     try:
         if args.command == "up" and (handover := _commands.detach_handover()) is not None:
             return _commands.detached_daemon(handover)  # a daemon `up --detach` started: settings handed
         file = load_toml(args.config)
         state_dir = resolve_state_dir(args.state_dir, env, file)
+        if getattr(args, "check", False):  # up/restart --check: resolve everything, touch nothing
+            config = full_config(Settings.gather(args, env, file, state_dir), create=False)
+            print(f"settings OK: state dir {config.state_dir}")
+            return EXIT_OK
         if args.command == "submit":
             return _queue.submit(
                 state_dir,
@@ -200,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _commands.restart(args, env, file, state_dir)
         return _commands.up(args, env, file, state_dir)
     except UsageError as exc:
-        say(f"error: {exc}")
+        say(f"error: {one_line(str(exc))}")
         return EXIT_USAGE
     except BrokenPipeError:  # `status --json | head -c 100`: the reader left; no traceback
         with contextlib.suppress(OSError):

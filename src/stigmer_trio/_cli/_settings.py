@@ -40,6 +40,12 @@ def load_toml(path: str | None) -> dict[str, Any]:
         raise UsageError(f"config file {path!r} cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"config file {path!r} is not UTF-8 text: {exc.reason} at byte {exc.start}"
+        ) from None
+    except RecursionError:
+        raise UsageError(f"config file {path!r} nests its arrays or tables too deeply") from None
 
 
 def resolve_state_dir(flag: str | None, env: Mapping[str, str], file: Mapping[str, Any]) -> Path:
@@ -47,11 +53,14 @@ def resolve_state_dir(flag: str | None, env: Mapping[str, str], file: Mapping[st
     raw = flag or env.get("STIGMER_TRIO_STATE_DIR") or file.get("state_dir")
     if raw is None:
         return default_state_dir(env)
-    if not isinstance(raw, str) or not raw:
+    if not isinstance(raw, str) or not raw or "\0" in raw:
         raise UsageError(f"state_dir must be a path, got {raw!r}")
-    path = Path(raw).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"state_dir {str(path)!r} is not a directory")
+    try:
+        path = Path(raw).expanduser().absolute()
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"state_dir {str(path)!r} is not a directory")
+    except (RuntimeError, OSError) as exc:  # '~nobody-here/x'; a name too long to look up
+        raise UsageError(f"state_dir {raw!r} cannot be used: {exc}") from None
     return path
 
 
@@ -101,9 +110,10 @@ class Settings:
         return f"Settings(flags={self.flags!r}, env={self.env!r}, file={self.file!r})"
 
 
-def full_config(settings: Settings) -> RuntimeConfig:
+def full_config(settings: Settings, *, create: bool = True) -> RuntimeConfig:
     """The RuntimeConfig `up` runs (the daemon's defaults: the demo worker and a loopback endpoint);
-    UsageError naming the field for any bad value. Loads the --worker modules and creates the state dir."""
+    UsageError naming the field for any bad value, before anything is created. Loads the --worker
+    modules and (with `create`) creates the state dir."""
     import attrs
 
     from .._boundary._statefiles import ensure_state_dir
@@ -114,7 +124,12 @@ def full_config(settings: Settings) -> RuntimeConfig:
     names = list(flags.get("workers") or ())
     if not names:
         raw = env.get("STIGMER_TRIO_WORKERS") or file.get("workers")
-        names = [n.strip() for n in raw.split(",") if n.strip()] if isinstance(raw, str) else list(raw or [])
+        if isinstance(raw, str):
+            names = [n.strip() for n in raw.split(",") if n.strip()]
+        elif isinstance(raw, list) and all(isinstance(n, str) for n in raw):
+            names = raw
+        elif raw is not None:
+            raise UsageError(f"workers must be a list of 'MODULE:ATTR' strings, got {raw!r}")
     specs = [spec for name in names for spec in load_worker_specs(name)]
     try:
         config = resolve(
@@ -132,7 +147,8 @@ def full_config(settings: Settings) -> RuntimeConfig:
             # the daemon serves its endpoint by default (loopback, a free port; `status` finds it)
             options = http_options(flags=flags, env=env, file=file)
             config = attrs.evolve(config, http=HttpConfig(**options))
-        ensure_state_dir(config.state_dir)
+        if create:
+            ensure_state_dir(config.state_dir)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     if config.http is not None and config.http.allow_remote and not is_loopback(config.http.host):
@@ -153,7 +169,8 @@ def load_worker_specs(name: str) -> list[WorkerSpec]:
     if not module_name or not attr:
         raise UsageError(f"--worker {name!r}: expected MODULE:ATTR")
     if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        # after the installed packages: a file there never shadows trio, psutil, ... (see __main__.py)
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:

@@ -225,6 +225,19 @@ class DevServerConfig:
     )
     extra_args: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     policy: RestartPolicy = attrs.field(default=DEFAULT_DEVSERVER_POLICY, validator=_policy)
+    # The server's environment beyond PATH, LANG, LC_*, TZ, TMPDIR and its own HOME: it inherits nothing
+    # else of the runtime's (no TEMPORAL_* setting, no cloud credentials). Not hashed.
+    env: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+
+    @env.validator
+    def _check_env(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"dev_server.env must be a mapping of names to strings, got {value!r}")
+        for key, item in value.items():
+            if not (isinstance(key, str) and key and "=" not in key and "\0" not in key):
+                raise ConfigError(f"dev_server.env: {key!r} is not an environment variable name")
+            if not isinstance(item, str) or "\0" in item:
+                raise ConfigError(f"dev_server.env[{key!r}] must be a string without NUL, got {item!r}")
 
     @property
     def address(self) -> str:
