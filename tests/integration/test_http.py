@@ -7,6 +7,7 @@ clients are raw TCP streams, so malformed bytes reach the server exactly as sent
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import subprocess
@@ -46,24 +47,51 @@ class Endpoint:
                     data += chunk
         return data
 
-    async def get(self, path: str, method: str = "GET") -> tuple[int, bytes]:
+    async def get(
+        self, path: str, method: str = "GET", host: bytes = b"127.0.0.1", extra: bytes = b""
+    ) -> tuple[int, bytes]:
         data = await self.exchange(
-            f"{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+            method.encode()
+            + b" "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: "
+            + host
+            + b"\r\nConnection: close\r\n"
+            + extra
+            + b"\r\n"
         )
         head, _, body = data.partition(b"\r\n\r\n")
         return int(head.split(b" ", 2)[1]), body
 
+    async def concurrent_gets(self, path: str, clients: int) -> list[int]:
+        """`clients` GETs of `path` at once, each on its own connection: their status codes."""
+        codes: list[int] = []
 
-@pytest.fixture
-async def endpoint() -> AsyncIterator[Endpoint]:
+        async def one() -> None:
+            codes.append((await self.get(path))[0])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(clients):
+                nursery.start_soon(one)
+        return codes
+
+
+@contextlib.asynccontextmanager
+async def open_endpoint(config: HttpConfig) -> AsyncIterator[Endpoint]:
     app = ControlApp(lambda: STATUS, lambda: b"# HELP x\n" * 200, "text/plain; version=0.0.4")
-    server = HttpServer(HttpConfig(port=0), app)
+    server = HttpServer(config, app)
     async with trio.open_nursery() as nursery:
         url = await nursery.start(server.serve)
         assert f"http://127.0.0.1:{server.port}" == url
         yield Endpoint(server)
         nursery.cancel_scope.cancel(reason="test over")
     server.close()
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[Endpoint]:
+    async with open_endpoint(HttpConfig(port=0)) as endpoint:
+        yield endpoint
 
 
 class ThreadedEndpoint:
@@ -119,7 +147,7 @@ class ThreadedEndpoint:
         return data
 
     def get(self, path: str) -> int:
-        data = self.exchange(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        data = self.exchange(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         return int(data.split(b" ", 2)[1])
 
 
@@ -223,7 +251,7 @@ class TestHostileClients:
         async def loris() -> None:
             stream = await trio.open_tcp_stream("127.0.0.1", endpoint.port)
             async with stream:
-                head = b"GET /status HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 1000
+                head = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
                 try:
                     for byte in head:
                         await stream.send_all(bytes([byte]))
@@ -249,16 +277,8 @@ class TestHostileClients:
 
     async def test_500_concurrent_connections_are_all_served(self, endpoint: Endpoint) -> None:
         """500 clients at once, each GET /readyz: 500 answers of 200."""
-        codes: list[int] = []
-
-        async def one() -> None:
-            codes.append((await endpoint.get("/readyz"))[0])
-
         with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                for _ in range(500):
-                    nursery.start_soon(one)
-        assert [200] * 500 == codes
+            assert [200] * 500 == await endpoint.concurrent_gets("/readyz", 500)
         assert 200 == (await endpoint.get("/healthz"))[0]
 
     async def test_clients_that_vanish_mid_response(self, endpoint: Endpoint) -> None:
@@ -267,7 +287,7 @@ class TestHostileClients:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.connect(("127.0.0.1", endpoint.port))
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             sock.close()  # RST while the server may be writing its answer
             await trio.sleep(0)
         # Let the server meet every reset (each is a few ms of work); then it must still answer.
@@ -280,6 +300,139 @@ class TestHostileClients:
         async with stream:
             with trio.fail_after(12):
                 assert b"" == await stream.receive_some(1024)
+
+
+# A client in another process: opens N connections to the port, says so, then holds them until stdin closes.
+IDLE_CLIENTS = """
+import socket, sys
+held = [socket.create_connection(("127.0.0.1", int(sys.argv[1]))) for _ in range(int(sys.argv[2]))]
+print("connected", flush=True)
+sys.stdin.read()
+"""
+
+
+def sockets_open() -> int:
+    """Sockets among this process's open fds (the endpoint's listener and accepted connections, ...)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+def responses(data: bytes) -> list[bytes]:
+    """The status lines of every response in `data` (HTTP/1.1 only: an HTTP/2 frame is not one)."""
+    return [line for line in data.split(b"\r\n") if line.startswith(b"HTTP/")]
+
+
+class TestProtocol:
+    async def test_http2_prior_knowledge_is_not_served(self, endpoint: Endpoint) -> None:
+        """The HTTP/2 preface and a SETTINGS frame: one HTTP/1.1 505, then the connection closes."""
+        settings_frame = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        data = await endpoint.exchange(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings_frame)
+        assert data.startswith(b"HTTP/1.1 505 ")
+        assert [b"HTTP/1.1 505 "] == responses(data)
+
+    async def test_h2c_upgrade_is_not_honoured(self, endpoint: Endpoint) -> None:
+        """`Upgrade: h2c` without a body: no 101, the GET is answered over HTTP/1.1."""
+        data = await endpoint.exchange(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings, close\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        assert [b"HTTP/1.1 200 "] == responses(data)
+        assert data.endswith(b"\r\n\r\nok\n")
+
+    @pytest.mark.parametrize("split", [None, 7 * 1024], ids=["one-write", "7KiB-then-the-rest"])
+    async def test_a_60_kib_head_gets_431_and_nothing_more(
+        self, endpoint: Endpoint, split: int | None
+    ) -> None:
+        """A complete 60 KiB head (one write, or completed by a second): 431, then the server closes."""
+        head = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 60 * 1024 + b"\r\n\r\n"
+        stream = await trio.open_tcp_stream("127.0.0.1", endpoint.port)
+        async with stream:
+            if split is not None:
+                await stream.send_all(head[:split])
+                await trio.sleep(0.1)  # the server has read the first part
+                head = head[split:]
+            await stream.send_all(head + b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            data = b""
+            with trio.fail_after(5):
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+        assert [b"HTTP/1.1 431 "] == responses(data)
+        assert b'"ready"' not in data
+
+    async def test_a_head_just_under_the_cap_is_served(self, endpoint: Endpoint) -> None:
+        """A 7.5 KiB head is an ordinary request."""
+        status, _ = await endpoint.get("/healthz", extra=b"X-Pad: " + b"a" * 7600 + b"\r\n")
+        assert 200 == status
+
+
+class TestHost:
+    @pytest.mark.parametrize(
+        "host",
+        ["127.0.0.1:{port}", "127.0.0.1", "127.9.9.9:1", "localhost", "LocalHost:{port}", "[::1]:{port}",
+         "::1", "probe.internal:5", "10.0.0.7:9464"],
+    )  # fmt: skip
+    async def test_loopback_own_and_allowed_hosts_are_served(self, host: str) -> None:
+        """Loopback literals and `localhost` (any port), and the allowed hosts: 200."""
+        config = HttpConfig(port=0, allow_hosts=("probe.internal", "10.0.0.7:9464"))
+        async with open_endpoint(config) as endpoint:
+            status, _ = await endpoint.get("/status", host=host.format(port=endpoint.port).encode())
+        assert 200 == status
+
+    @pytest.mark.parametrize(
+        "host", ["evil.example", "evil.example:{port}", "10.0.0.7:80", "10.0.0.7", "a b", ""]
+    )
+    async def test_other_hosts_get_421(self, host: str) -> None:
+        """Any other Host (a DNS-rebinding page's name, an allowed host on another port): 421, no status."""
+        config = HttpConfig(port=0, allow_hosts=("probe.internal", "10.0.0.7:9464"))
+        async with open_endpoint(config) as endpoint:
+            status, body = await endpoint.get("/status", host=host.format(port=endpoint.port).encode())
+        assert (421, b"misdirected request: this Host is not allowed (see --http-allow-host)\n") == (
+            status,
+            body,
+        )
+
+    async def test_the_cli_client_is_served(self, endpoint: Endpoint) -> None:
+        """The CLI's own client (HTTP/1.0, Host = the URL's host) gets the status document."""
+        from stigmer_trio._boundary._endpoint import get_json
+
+        assert STATUS == await trio.to_thread.run_sync(get_json, endpoint.server.url, "/status")
+
+
+class TestConnectionCap:
+    async def test_idle_connections_beyond_the_cap_cost_no_fds(self) -> None:
+        """max_connections=4: 20 idle connections from another process never hold more than 4 sockets here,
+        and a real request is still answered at once (an idle connection is closed to make room)."""
+        async with open_endpoint(HttpConfig(port=0, max_connections=4)) as endpoint:
+            baseline = sockets_open()
+            command = [sys.executable, "-c", IDLE_CLIENTS, str(endpoint.port), "20"]
+            clients = await trio.lowlevel.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            try:
+                assert clients.stdout is not None
+                with trio.fail_after(10):
+                    assert b"connected\n" == await clients.stdout.receive_some(64)
+                peak = 0
+                for _ in range(20):  # 1 s: the endpoint accepts what it will meanwhile
+                    peak = max(peak, sockets_open() - baseline)
+                    await trio.sleep(0.05)
+                began = trio.current_time()
+                with trio.fail_after(2):
+                    assert 200 == (await endpoint.get("/healthz"))[0]
+                served_in = trio.current_time() - began
+            finally:
+                clients.kill()
+                await clients.wait()
+        assert 4 >= peak
+        assert 1.0 > served_in
+
+    async def test_a_request_already_sent_is_not_closed_for_a_newcomer(self) -> None:
+        """max_connections=1, 30 clients at once, each sending its request with the connect: all 30 get 200
+        (the cap closes only connections still waiting for their request)."""
+        async with open_endpoint(HttpConfig(port=0, max_connections=1)) as endpoint:
+            with trio.fail_after(20):
+                assert [200] * 30 == await endpoint.concurrent_gets("/status", 30)
 
 
 def test_allow_remote_prints_a_warning(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,11 +21,11 @@ def get_json(url: str, path: str, timeout: float = 1.0) -> dict[str, Any] | None
     """
     if not url.startswith("http://"):
         return None
-    host, _, port = url[len("http://") :].rpartition(":")
-    host = host.strip("[]")
+    address = url[len("http://") :]
+    host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())  # Host: as in the URL
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
