@@ -303,3 +303,29 @@ class TestApiKeyTls:
     def test_api_key_not_in_repr(self) -> None:
         """The key never shows in a repr (logs, tracebacks)."""
         assert "sekrit" not in repr(ConnectionConfig(api_key="sekrit"))
+
+
+class TestPolicyBounds:
+    @pytest.mark.parametrize(
+        ("table", "key", "value"),
+        [
+            ("restart", "max_delay", 1e308),
+            ("restart", "window", math.inf),
+            ("restart", "reset_after", math.inf),
+            ("restart", "max_restarts", 2**64),
+            ("dev_server.restart", "initial_delay", 86_401),
+            ("dev_server.restart", "multiplier", 1e6),
+        ],
+    )
+    def test_file_policy_is_bounded(self, table: str, key: str, value: float) -> None:
+        """A [restart] or [dev_server.restart] value beyond its bound is one line naming both."""
+        file: dict[str, Any] = (
+            {"restart": {key: value}} if table == "restart" else {"dev_server": {"restart": {key: value}}}
+        )
+        with pytest.raises(ConfigError, match=re.escape(f"[{table}] {key} must be at most")):
+            resolve(flags={}, env=ENV, file=file)
+
+    def test_file_policy_within_bounds(self) -> None:
+        """A day's delay and a year's window are accepted."""
+        config = resolve(flags={}, env=ENV, file={"restart": {"max_delay": 86_400, "window": 31_622_400}})
+        assert (86_400, 31_622_400) == (config.policy.max_delay, config.policy.window)

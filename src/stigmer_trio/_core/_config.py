@@ -582,6 +582,23 @@ def _check_keys(table: Mapping[str, Any], allowed: Sequence[str], where: str) ->
             raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(allowed))})")
 
 
+# A restart table's upper bounds (RestartPolicy itself, for the library, also takes inf for `window`
+# and `reset_after`): a file's delays are at most a day, its window a year.
+_POLICY_BOUNDS = {
+    "initial_delay": MAX_SECONDS, "backoff": MAX_SECONDS, "max_delay": MAX_SECONDS,
+    "reset_after": MAX_SECONDS, "window": MAX_RETAIN, "multiplier": 1000.0, "max_restarts": 1_000_000,
+}  # fmt: skip
+
+
+def _check_policy_bounds(table: Mapping[str, Any], where: str) -> None:
+    for key, value in table.items():
+        limit = _POLICY_BOUNDS.get(key)
+        if limit is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue  # RestartPolicy explains a wrong type
+        if not value <= limit:  # NaN too
+            raise ConfigError(f"{where} {key} must be at most {limit:.0f}, got {value!r}")
+
+
 def resolve(
     *,
     flags: Mapping[str, Any],
@@ -596,10 +613,12 @@ def resolve(
     _check_keys(file, _FILE_KEYS, "config file")
     runtime_policy = _table(file.get("restart", {}), "[restart]")
     _check_keys(runtime_policy, _POLICY_KEYS, "[restart]")
+    _check_policy_bounds(runtime_policy, "[restart]")
     file_dev = dict(_table(file.get("dev_server", {}), "[dev_server]"))
     file_policy = _table(file_dev.pop("restart", {}), "[dev_server.restart]")
     _check_keys(file_dev, _DEV_KEYS, "[dev_server]")
     _check_keys(file_policy, _POLICY_KEYS, "[dev_server.restart]")
+    _check_policy_bounds(file_policy, "[dev_server.restart]")
 
     def pick(key: str, file_table: Mapping[str, Any]) -> Any:
         if flags.get(key) is not None:
