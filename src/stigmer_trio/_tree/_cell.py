@@ -46,6 +46,7 @@ class ConnectionCell:
         self.follow_server = follow_server
         self.server_up = False
         self.server_generation = 0  # +1 on every ServerReady
+        self.server_pid: int | None = None  # the current ready one's, which must own the port we reach
         self._server_changed = trio.Event()
         self._server_scopes: set[trio.CancelScope] = set()
 
@@ -112,6 +113,7 @@ class ConnectionCell:
         elif isinstance(event, ServerReady):
             self.server_up = True
             self.server_generation += 1
+            self.server_pid = event.pid
             self.poke(Poke.SERVER_READY)
         else:
             return

@@ -7,14 +7,19 @@
 # server (`follow_server`) it never attaches to a server that is not the current ready one: ServerExited (said
 # when a server is condemned, before it is stopped) cancels every attempt and probe in flight, and the next
 # attempt waits for the next ServerReady. Without that, a hung server that is SIGCONTed for its stop answers
-# for a second and becomes a short-lived new epoch.
+# for a second and becomes a short-lived new epoch. Loopback is not a trust boundary: in that mode a
+# connection counts only once the socket listening on the address is the ready server's own (its pid,
+# from ServerReady): another local process that bound the port (say, in a restart gap) is never CONNECTED.
+# That check reads /proc (~0.1-3 ms, with the number of sockets on the host): once per connect, in a thread.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
+from .._boundary._holdings import listens_on
 from .._core._config import ConnectionConfig
 from .._core._errors import TemporalUnavailable
 from .._core._events import ConnectionState, HealthChecked
@@ -37,14 +42,18 @@ async def serve_connection(
     *,
     bridge: Bridge | None = None,
     rng: random.Random | None = None,
+    owner_check: Callable[[int, int], bool] | None = None,
     task_status: trio.TaskStatus[ConnectionCell] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Connect, watch, reconnect, forever. started() at once: nobody waits for Temporal to start.
     `bridge`: Temporal (default: the real one, imported now: not at import, the dev server boots
-    meanwhile)."""
+    meanwhile). `owner_check(pid, port)`: does the followed server's pid own the listener on the port?
+    (default: the kernel's answer with the real Temporal, none with a fake bridge: it has no socket)."""
     from .._boundary._bridge import temporal_bridge
 
     temporal = bridge or temporal_bridge()
+    if owner_check is None and bridge is None:
+        owner_check = listens_on
     rng = rng or random.Random()
     hub.add_hook(cell.on_event)
     task_status.started(cell)
@@ -83,6 +92,12 @@ async def serve_connection(
                 # The server was condemned during the attempt: the next one waits for its successor.
                 cell.transition(ConnectionState.DISCONNECTED, "the dev server was replaced")
                 continue
+            impostor = await _impostor(config, cell, owner_check)
+            if impostor is not None:
+                cell.transition(ConnectionState.DISCONNECTED, impostor)
+                attempt += 1
+                await cell.wait_poke(config.policy.delay(attempt, rng), Poke.SERVER_READY)
+                continue
             attempt = 0
             cell.forget(Poke.SERVER_READY, Poke.SERVER_EXITED, Poke.PROBE)
             cell.transition(ConnectionState.CONNECTED, "connected", client)
@@ -94,6 +109,19 @@ async def serve_connection(
             await _back_off(temporal, config, cell, config.policy.delay(attempt, rng))
     finally:
         cell.transition(ConnectionState.CLOSED, "runtime stopping")
+
+
+async def _impostor(
+    config: ConnectionConfig, cell: ConnectionCell, owner_check: Callable[[int, int], bool] | None
+) -> str | None:
+    """Why what answered at the address is not the followed dev server (None: it is, or not following)."""
+    pid = cell.server_pid
+    if owner_check is None or not cell.follow_server or pid is None:
+        return None
+    port = int(config.address.rpartition(":")[2])
+    if await trio.to_thread.run_sync(owner_check, pid, port):
+        return None
+    return f"what answers at {config.address} is not the dev server (pid {pid}): refusing it"
 
 
 def _current(cell: ConnectionCell, generation: int) -> bool:

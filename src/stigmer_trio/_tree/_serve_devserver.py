@@ -9,6 +9,14 @@
 # dies of SIGPIPE when its stdout/stderr pipe loses its reader, so a pipe would kill the server together
 # with a SIGKILLed daemon, and a full pipe could stall it. The daemon bounds the file by rotating it
 # (copy, then truncate: the server's O_APPEND writes carry on at the new end).
+#
+# Trust: a verified record (pid + create time + command line) proves the record is accurate, not that
+# the process is ours. A server from a record is adopted, replaced or stopped only once `proof_problem`
+# finds nothing: it holds this state dir's devserver.lock (handed over at spawn; the kernel says so, not
+# the record), runs the binary its command line names, and that command line is a `server start-dev` we
+# would spawn here (127.0.0.1, the recorded port, its db in this state dir or the configured one). It is
+# adopted only if this configuration would spawn exactly that command (the random side ports aside).
+# Before a server is called ready, the socket listening on its port must be one of its own.
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +28,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +36,7 @@ import attrs
 import psutil
 import trio
 
+from .._boundary._holdings import holds_file, listens_on
 from .._boundary._process import ProcessIdentity, Verdict, live_identity, stop_process_group_async
 from .._boundary._statefiles import (
     FileLock,
@@ -47,7 +56,7 @@ if TYPE_CHECKING:
     from .._boundary import _temporal
     from .._boundary._bridge import Bridge
 
-__all__ = ["DevServer", "Launch", "ServerInfo", "ServerProcess", "find_binary"]
+__all__ = ["DevServer", "Launch", "ServerInfo", "ServerProcess", "find_binary", "proof_problem", "server_env"]
 
 _POLL_READY = 0.002  # seconds between readiness attempts (connect fails in ~1 ms while nothing listens)
 _ROTATE_CHECK = 1.0  # seconds between log size checks
@@ -63,6 +72,64 @@ _UNPROVEN_WAIT = 2.0
 # and exits, so no server of ours ever runs without a record that proves it ours. sh starts in ~1 ms.
 _SHELL = "/bin/sh"
 _GATE = 'IFS= read -r go && [ "$go" = go ] && exec "$0" "$@" </dev/null; exit 111'
+# The server's files (temporal.db and its -wal / -shm) are created 0600 whatever the caller's umask.
+_UMASK = 0o077
+# What the server inherits of the runtime's environment (plus LC_*); HOME is its own dir in the state
+# dir. Nothing else: no TEMPORAL_* setting, no cloud credentials. DevServerConfig.env adds to this.
+_ENV_PASSED = frozenset({"PATH", "LANG", "TZ", "TMPDIR"})
+
+
+def server_env(inherited: Mapping[str, str], home: Path, configured: Mapping[str, str]) -> dict[str, str]:
+    """The dev server's environment: the allowlisted part of `inherited`, its HOME, then `configured`."""
+    env = {key: value for key, value in inherited.items() if key in _ENV_PASSED or key.startswith("LC_")}
+    env.update(HOME=str(home), TEMPORAL_VERSION_CHECK_DISABLED="1")
+    env.update(configured)
+    return env
+
+
+def _option(argv: Sequence[str], name: str) -> str | None:
+    """The value after the first `name` in argv (None if absent or last)."""
+    for index, arg in enumerate(argv[:-1]):
+        if arg == name:
+            return argv[index + 1]
+    return None
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def proof_problem(
+    identity: ProcessIdentity, record: PidRecord, layout: StateLayout, *, dbs: Sequence[Path] = ()
+) -> str | None:
+    """Why the live process `identity` (verified against `record`, its devserver.json) is not provably
+    this state dir's dev server, or None when it is. `dbs`: where its db may be besides the state dir
+    (the configured one). Reads /proc: call it in a thread from async code."""
+    port = str(record.extra.get("address", "")).rpartition(":")[2]
+    if not port.isdigit():
+        return "devserver.json names no address"
+    argv = list(identity.cmdline)
+    if argv[:3] == [_SHELL, "-c", _GATE]:
+        argv = argv[3:]  # its launcher, before the exec: same pid, the server's command line after the gate
+    if not _same_file(f"/proc/{identity.pid}/exe", identity.cmdline[0] if identity.cmdline else ""):
+        return "it does not run the binary its command line names"
+    if argv[1:3] != ["server", "start-dev"]:
+        return "its command line is not `temporal server start-dev`"
+    if _option(argv, "--ip") != "127.0.0.1":
+        return "it does not listen on 127.0.0.1 only"
+    if _option(argv, "--port") != port:
+        return f"its command line does not say --port {port}"
+    db = _option(argv, "--db-filename")
+    if db is not None:
+        path = Path(db).resolve()
+        if not (path.is_relative_to(layout.root.resolve()) or any(path == p.resolve() for p in dbs)):
+            return f"its db {db!r} is neither in the state dir nor the configured one"
+    if not holds_file(identity.pid, layout.devserver_lock):
+        return f"it does not hold {str(layout.devserver_lock)!r}"
+    return None
 
 
 def find_binary(configured: Path | None) -> Path:
@@ -202,6 +269,13 @@ class DevServer:
 
         return self._bridge or temporal_bridge()
 
+    async def _answers(self, pid: int) -> bool:
+        """Is `pid` what listens on the configured port (the kernel's answer, ~0.1-3 ms in a thread)?
+        Always, with a fake bridge: what it answers with is no socket."""
+        if self._bridge is not None:
+            return True
+        return await trio.to_thread.run_sync(listens_on, pid, self.config.port)
+
     # --- one lifetime ----------------------------------------------------------------------------------
     async def serve(self, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED) -> None:
         """One lifetime: start (or adopt) a server, call started(info) once it is ready, then raise
@@ -233,29 +307,67 @@ class DevServer:
                 return
             lock.release()
             record = read_pid_file(self.paths.devserver_record)
-            verdict = None
+            what = "no readable devserver.json"
             if record is not None:
                 identity, verdict = live_identity(record)
+                what = f"pid {record.pid}: {verdict}"
                 if verdict is Verdict.SAME and identity.cmdline == record.cmdline:
-                    await self._adopt(record, task_status)
-                    return
+                    problem = await trio.to_thread.run_sync(self._proof_problem, identity, record)
+                    if problem is not None:
+                        raise DevServerError(
+                            f"{str(self.paths.devserver_lock)!r} is held by pid {record.pid}, named by "
+                            f"devserver.json but not provably our dev server ({problem}); not touching it"
+                        )
+                    if self._same_settings(record):
+                        await self._adopt(record, task_status)
+                        return
+                    await self._replace(record, identity)
+                    give_up = trio.current_time() + _UNPROVEN_WAIT
+                    continue  # its lock is free now: spawn the right one
             # Held, but not (yet) by a server we can prove ours. Transient when its daemon died at the
             # worst instant: a launcher that never got its "go" exits as soon as it reads EOF, a server
             # that is exiting lets go of the lock as it dies. Give that a moment, never a signal.
             if trio.current_time() >= give_up:
-                what = "no readable devserver.json" if record is None else f"pid {record.pid}: {verdict}"
                 raise DevServerError(
                     f"{str(self.paths.devserver_lock)!r} is held by a process that cannot be verified as "
                     f"our dev server ({what}); not touching it"
                 )
             await trio.sleep(_LOCK_POLL)
 
-    def _same_settings(self, record: PidRecord, ports: dict[str, int]) -> bool:
-        """Was the recorded server started with the command this configuration gives (on its ports)?"""
-        try:
-            return tuple(self.command(ports)) == record.cmdline
-        except (KeyError, DevServerError):
+    def _proof_problem(self, identity: ProcessIdentity, record: PidRecord) -> str | None:
+        """`proof_problem` with this configuration's db (blocking: /proc reads)."""
+        dbs = [self.config.db_filename] if self.config.db_filename is not None else []
+        return proof_problem(identity, record, self.paths, dbs=dbs)
+
+    def _same_settings(self, record: PidRecord) -> bool:
+        """Was the recorded server started with the command this configuration would spawn? Its
+        random side ports aside: a configured http/metrics port must match, an unset one may be any."""
+        config = self.config
+        recorded = record.extra.get("ports")
+        if not isinstance(recorded, dict):
             return False
+        try:
+            ports = {
+                "grpc": config.port,
+                "http": config.http_port or int(recorded["http"]),
+                "metrics": config.metrics_port or int(recorded["metrics"]),
+            }
+            return tuple(self.command(ports)) == record.cmdline
+        except (KeyError, TypeError, ValueError, DevServerError):
+            return False
+
+    async def _replace(self, record: PidRecord, identity: ProcessIdentity) -> None:
+        """Stop a server of ours that this configuration would not have spawned (say, an in-memory one
+        found by a persistent runtime): adopting it would keep the wrong settings (its workflows would
+        vanish at its next restart). Said first (ServerExited), then stopped, within 2 * stop_timeout."""
+        address = str(record.extra.get("address", self.config.address))
+        why = "configuration changed: it was started with other settings (its command line differs)"
+        self._emit(ServerExited(address, record.pid, None, f"{why}; replacing it"))
+        with trio.CancelScope(shield=True):
+            await stop_process_group_async(
+                identity, timeout=self.config.stop_timeout, kill_timeout=self.config.stop_timeout
+            )
+            remove_pid_file(self.paths.devserver_record)
 
     def _left_running(self, *, ready: bool, kill: bool, alive: bool) -> bool:
         """Leave the server running at this stop? Only a ready, healthy, live one, on a handover."""
@@ -313,10 +425,10 @@ class DevServer:
         }
         command = self.command(ports)
         launcher = [_SHELL, "-c", _GATE, *command]
-        env = {**os.environ, "HOME": str(self.paths.home), "TEMPORAL_VERSION_CHECK_DISABLED": "1"}
+        env = server_env(os.environ, self.paths.home, config.env)
         gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read as its stdin
         try:
-            log_fd = self.log.open_for_writer()
+            log_fd = await trio.to_thread.run_sync(self.log.open_for_writer)  # may copy max_bytes
             try:
                 self._log_offset = self.log.size()
                 proc = await trio.lowlevel.open_process(
@@ -327,6 +439,7 @@ class DevServer:
                     start_new_session=True,
                     pass_fds=(lock.fileno(),),
                     env=env,
+                    umask=_UMASK,
                 )
             finally:
                 os.close(log_fd)
@@ -423,7 +536,9 @@ class DevServer:
                         address, config.namespaces[0], timeout=config.health_timeout
                     )
                     await temporal.probe(client, config.namespaces, timeout=config.health_timeout)
-                    return client
+                    if await self._answers(proc.pid):
+                        return client
+                    last = f"another process answers at {address}"
                 except (OSError, TemporalUnavailable) as exc:
                     last = str(exc)
                 await trio.sleep(_POLL_READY)
@@ -497,19 +612,15 @@ class DevServer:
     # --- adoption --------------------------------------------------------------------------------------
     async def _adopt(self, record: PidRecord, task_status: trio.TaskStatus[ServerInfo]) -> None:
         """Take over a verified server of ours whose daemon died: ready (or, if it was still booting,
-        ready within start_timeout) and on the configured address, else stop it and fail this lifetime."""
+        ready within start_timeout) and what answers on its port, else stop it and fail this lifetime.
+        The caller has proven it ours and spawned with this configuration's command."""
         temporal = self._temporal_bridge()  # imported here, not at start-up: the server boots meanwhile
         config = self.config
         identity = ProcessIdentity.of_record(record)
-        address = str(record.extra.get("address", config.address))
+        address = config.address  # the recorded one: its command line is this configuration's
         ports = {str(k): int(v) for k, v in dict(record.extra.get("ports", {})).items()}
         booting = record.extra.get("phase") == "booting"
         began = trio.current_time()
-        mismatch = (
-            None if address == config.address else f"it listens on {address}, configured {config.address}"
-        )
-        if mismatch is None and not self._same_settings(record, ports):
-            mismatch = "it was started with other settings (its command line differs)"
         try:
             pidfd = os.pidfd_open(record.pid)
         except ProcessLookupError:
@@ -517,9 +628,6 @@ class DevServer:
         reason = "stopped by the runtime"
         stop, kill = True, False
         try:
-            if mismatch is not None:
-                reason = f"configuration changed: {mismatch}"
-                raise DevServerError(f"found our dev server (pid {record.pid}) but {mismatch}; replacing it")
             deadline = began + config.start_timeout
             while True:
                 try:
@@ -538,6 +646,12 @@ class DevServer:
                     raise DevServerError(
                         f"found our dev server (pid {record.pid}) but it is unhealthy ({exc}); replacing it"
                     ) from None
+            if not await self._answers(record.pid):
+                reason, kill = f"another process answers at {address}", True
+                raise DevServerError(
+                    f"found our dev server (pid {record.pid}) but another process answers at {address}; "
+                    "replacing it"
+                )
             self.info = ServerInfo(record.pid, address, ports, adopted=True, started_at=self._clock())
             if booting:
                 write_pid_file(self.paths.devserver_record, self._record(identity, ports, phase="ready"))
