@@ -33,10 +33,11 @@ def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 def listeners(port: int) -> set[int]:
     """The inodes of the sockets listening on `port` that would answer a connection to 127.0.0.1."""
     found: set[int] = set()
+    needle = f":{port:04X} "  # the port as the tables print it: only those lines are parsed
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
-                lines = f.read().splitlines()[1:]
+                lines = [line for line in f.read().splitlines()[1:] if needle in line]
         except FileNotFoundError:  # no IPv6 in this kernel
             continue
         for line in lines:
