@@ -117,6 +117,17 @@ def _sleeper(spawn: Spawn, *, new_session: bool = True) -> tuple[subprocess.Pope
     return proc, identity
 
 
+def _started_later(identity: ProcessIdentity, seconds: float) -> ProcessIdentity:
+    """What a record of another process that later got the same pid would say (same cmdline)."""
+    ticks = identity.start_ticks
+    assert ticks is not None  # identity_of reads the start ticks on Linux
+    return attrs.evolve(
+        identity,
+        create_time=identity.create_time + seconds,
+        start_ticks=ticks + int(seconds * os.sysconf("SC_CLK_TCK")),
+    )
+
+
 def _alive_and_not_zombie(proc: subprocess.Popen[str]) -> bool:
     return proc.poll() is None and psutil.STATUS_ZOMBIE != psutil.Process(proc.pid).status()
 
@@ -195,7 +206,7 @@ class TestVerify:
     def test_other_create_time_is_pid_reuse(self, spawn: Spawn) -> None:
         """A live pid whose create time differs by 5 s is OTHER (PID reuse)."""
         _proc, identity = _sleeper(spawn)
-        assert Verdict.OTHER == verify(attrs.evolve(identity, create_time=identity.create_time + 5))
+        assert Verdict.OTHER == verify(_started_later(identity, 5))
 
     def test_other_cmdline_is_other(self, spawn: Spawn) -> None:
         """A live pid with the right create time but another cmdline is OTHER."""
@@ -217,7 +228,7 @@ class TestStopProcessGroup:
     def test_pid_reuse_is_refused_and_never_signalled(self, spawn: Spawn) -> None:
         """A record whose create time is 5 s off raises IdentityMismatch; the process gets no signal."""
         proc, identity = _sleeper(spawn)
-        reused = attrs.evolve(identity, create_time=identity.create_time + 5)
+        reused = _started_later(identity, 5)
         with pytest.raises(IdentityMismatch, match=rf"pid {proc.pid}: verdict OTHER"):
             stop_process_group(reused, timeout=0.5)
         time.sleep(NO_SIGNAL_GRACE)
@@ -296,7 +307,7 @@ class TestStopProcessGroup:
         """The sweep only kills group members created no earlier than the leader's create time."""
         _proc, identity, grandchild = _leader(spawn, "ignore")
         with _watch(grandchild) as grandchild_fd:
-            fds = _process._kill_stragglers(identity.pid, identity.create_time + 5)
+            fds = _process._kill_stragglers(identity.pid, _started_later(identity, 5))
             time.sleep(NO_SIGNAL_GRACE)
             assert ([], False) == (fds, _exited(grandchild_fd))
 

@@ -1,8 +1,11 @@
 # Process identity and process-group stop. Owns: proving that a pid is still the process we started
-# (pid + create time + cmdline, via psutil) and stopping that process's whole group: SIGTERM, SIGKILL
-# after a timeout, then SIGKILL for stragglers left in the group. Must never: send a signal before the
-# identity is proven against a pidfd held open (PID reuse), signal our own process group, leave a group
-# running when a stop is cancelled, or import trio at module level (the async variant imports it lazily).
+# (pid + start time + cmdline + our uid, via psutil and /proc; the start time as boot id + start ticks
+# when the record has them, so a stepped wall clock changes nothing) and stopping that process's whole
+# group: SIGTERM, SIGKILL after a timeout, then SIGKILL for stragglers left in the group. Must never:
+# send a signal before the identity is proven against a pidfd held open (PID reuse), signal PID 1, our
+# own process or our own process group, start a stop it cannot finish (a timeout is checked before the
+# first signal), leave a group running when a stop is cancelled, or import trio at module level (the
+# async variant imports it lazily).
 from __future__ import annotations
 
 import contextlib
@@ -19,15 +22,18 @@ import attrs
 import psutil
 
 from .._core._errors import ConfigError, IdentityMismatch, ProcessStopTimeout
-from ._statefiles import PidRecord
+from ._statefiles import PidRecord, read_boot_id, read_start_ticks
 
 __all__ = [
+    "PinnedProcess",
     "ProcessIdentity",
     "StopOutcome",
     "StopResult",
     "Verdict",
+    "check_timeout",
     "identity_of",
     "live_identity",
+    "pin_verified",
     "signal_verified",
     "stop_process_group",
     "stop_process_group_async",
@@ -40,6 +46,8 @@ _CREATE_TIME_TOLERANCE: Final = 0.01
 _SWEEP_ROUNDS: Final = 5
 # Between close-on-exec (when Popen returns) and the new argv being mapped, /proc/<pid>/cmdline is empty.
 _EXEC_SETTLE: Final = 0.05
+# poll(2) takes a C int of milliseconds: a long wait is done in slices of at most this many.
+_POLL_SLICE_MS: Final = 3_600_000
 
 
 def _positive_pid(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -53,16 +61,29 @@ def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
 
 @attrs.frozen
 class ProcessIdentity:
-    """Who a process is: a pid alone can be reused, pid + create time + cmdline cannot (in practice)."""
+    """Who a process is: a pid alone can be reused, pid + start time + cmdline cannot (in practice).
+
+    The start time is `boot_id` + `start_ticks` (clock ticks since that boot) when known, which no
+    wall-clock step moves; else `create_time` (wall clock, what older records carry).
+    """
 
     pid: int = attrs.field(validator=_positive_pid)
     create_time: float
     cmdline: tuple[str, ...] = attrs.field(converter=_str_tuple)
+    # Not part of ==: two identities that agree on pid, create time and cmdline name the same process.
+    boot_id: str | None = attrs.field(default=None, kw_only=True, eq=False)
+    start_ticks: int | None = attrs.field(default=None, kw_only=True, eq=False)
 
     @classmethod
     def of_record(cls, record: PidRecord) -> ProcessIdentity:
         """The identity a pid file claims."""
-        return cls(pid=record.pid, create_time=record.create_time, cmdline=record.cmdline)
+        return cls(
+            pid=record.pid,
+            create_time=record.create_time,
+            cmdline=record.cmdline,
+            boot_id=record.boot_id,
+            start_ticks=record.start_ticks,
+        )
 
     def to_pid_record(
         self, *, started_at: float | None = None, extra: Mapping[str, Any] | None = None
@@ -74,6 +95,8 @@ class ProcessIdentity:
             cmdline=self.cmdline,
             started_at=time.time() if started_at is None else started_at,
             extra={} if extra is None else extra,
+            boot_id=self.boot_id,
+            start_ticks=self.start_ticks,
         )
 
 
@@ -87,9 +110,12 @@ def _read_identity(pid: int) -> ProcessIdentity | None:
         with proc.oneshot():
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
-            return ProcessIdentity(pid=pid, create_time=proc.create_time(), cmdline=tuple(proc.cmdline()))
+            create_time, cmdline = proc.create_time(), tuple(proc.cmdline())
     except psutil.Error:
         return None
+    ticks = read_start_ticks(pid)
+    boot_id = read_boot_id() if ticks is not None else None
+    return ProcessIdentity(pid, create_time, cmdline, boot_id=boot_id, start_ticks=ticks)
 
 
 def identity_of(pid: int) -> ProcessIdentity | None:
@@ -112,21 +138,40 @@ def identity_of(pid: int) -> ProcessIdentity | None:
 class Verdict(enum.Enum):
     """What `verify` found at the identity's pid."""
 
-    SAME = "same"  # alive, same create time and cmdline: it is the process we started
+    SAME = "same"  # alive, ours, same start time and cmdline: it is the process we started
     DEAD = "dead"  # no such process, or a zombie
-    OTHER = "other"  # alive but someone else (PID reuse, or a different cmdline)
+    OTHER = "other"  # alive but someone else (PID reuse, a different cmdline, another uid)
     UNVERIFIABLE = "unverifiable"  # alive but psutil was denied access
 
 
+def _same_start(proc: psutil.Process, expected: ProcessIdentity) -> bool:
+    """Same start time: boot id + start ticks when the identity has them (a stepped wall clock moves
+    psutil's create_time, not these), else the wall-clock create time (records from before)."""
+    if expected.boot_id is not None and expected.start_ticks is not None:
+        boot_id, ticks = read_boot_id(), read_start_ticks(expected.pid)
+        if boot_id is not None and ticks is not None:
+            return boot_id == expected.boot_id and ticks == expected.start_ticks
+    return abs(proc.create_time() - expected.create_time) <= _CREATE_TIME_TOLERANCE
+
+
 def verify(identity: ProcessIdentity | PidRecord) -> Verdict:
-    """Check whether the identity's pid is still that very process."""
+    """Check whether the identity's pid is still that very process, running as our effective uid.
+
+    An accurate record is not enough on its own (anyone can read a process's pid, start time and
+    command line): the process must also run as us (real and effective uid), so a record naming some
+    other user's process is OTHER. Callers that signal hold a pidfd while they verify.
+    """
     expected = _as_identity(identity)
+    euid = os.geteuid()
     try:
         proc = psutil.Process(expected.pid)
         with proc.oneshot():
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return Verdict.DEAD
-            if abs(proc.create_time() - expected.create_time) > _CREATE_TIME_TOLERANCE:
+            uids = proc.uids()
+            if uids.real != euid or uids.effective != euid:
+                return Verdict.OTHER
+            if not _same_start(proc, expected):
                 return Verdict.OTHER
             cmdline = tuple(proc.cmdline())
     except psutil.NoSuchProcess:  # includes psutil.ZombieProcess
@@ -150,11 +195,79 @@ def live_identity(record: PidRecord) -> tuple[ProcessIdentity, Verdict]:
         return recorded, verdict
     launcher = record.extra.get("launcher")
     if isinstance(launcher, list) and launcher and all(isinstance(arg, str) for arg in launcher):
-        before_exec = ProcessIdentity(record.pid, record.create_time, tuple(launcher))
+        before_exec = attrs.evolve(recorded, cmdline=tuple(launcher))
         if verify(before_exec) is Verdict.SAME:
             return before_exec, Verdict.SAME
         verdict = verify(recorded)  # the exec may have happened between the two checks
     return recorded, verdict
+
+
+def _refuse_special(pid: int) -> None:
+    """PID 1, this process and the leader of our own process group are never signalled."""
+    if pid == 1:
+        raise IdentityMismatch("refusing to signal pid 1 (init); no signal was sent")
+    if pid == os.getpid():
+        raise IdentityMismatch(f"refusing to signal pid {pid}: it is this process; no signal was sent")
+    if pid == os.getpgrp():
+        raise IdentityMismatch(
+            f"refusing to signal pid {pid}: it leads our own process group; no signal was sent"
+        )
+
+
+class PinnedProcess:
+    """One process proven to be the identity's, held by a pidfd: signals and waits go to that process
+    and no other, whatever happens to its pid meanwhile. Made by `pin_verified`."""
+
+    def __init__(self, identity: ProcessIdentity, pidfd: int) -> None:
+        self.identity = identity
+        self._pidfd = pidfd
+
+    @property
+    def pid(self) -> int:
+        return self.identity.pid
+
+    def exited(self) -> bool:
+        return _is_readable(self._pidfd)
+
+    def send(self, sig: int) -> bool:
+        """Send `sig`; False if the process had already exited (nothing sent)."""
+        if self.exited():
+            return False
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` s (finite, >= 0) for it to exit: True if it has."""
+        return _wait_readable((self._pidfd,), check_timeout("timeout", timeout))
+
+
+@contextlib.contextmanager
+def pin_verified(identity: ProcessIdentity | PidRecord) -> Generator[PinnedProcess | None]:
+    """Open a pidfd on the identity's pid, THEN verify it: yields the pinned process, or None if it is
+    gone. Raises IdentityMismatch (nothing sent) if it is alive but not provably that process, or is
+    PID 1, this process or our own group's leader. The pidfd is closed on exit."""
+    expected = _as_identity(identity)
+    _refuse_special(expected.pid)
+    try:
+        pidfd = os.pidfd_open(expected.pid)
+    except ProcessLookupError:
+        yield None
+        return
+    try:
+        verdict = verify(expected)
+        if verdict is Verdict.DEAD or _is_readable(pidfd):
+            yield None
+            return
+        if verdict is not Verdict.SAME:
+            raise IdentityMismatch(
+                f"refusing to signal pid {expected.pid}: verdict {verdict.name}; no signal was sent"
+            )
+        yield PinnedProcess(expected, pidfd)
+    finally:
+        os.close(pidfd)
 
 
 def signal_verified(identity: ProcessIdentity | PidRecord, sig: int, *, wait: float = 0.0) -> bool:
@@ -162,28 +275,14 @@ def signal_verified(identity: ProcessIdentity | PidRecord, sig: int, *, wait: fl
 
     The pidfd is opened first and the identity verified while it pins the process, so a reused pid is
     never signalled. True if the process has exited (or was gone already); False if it still runs after
-    `wait`. Raises IdentityMismatch, sending nothing, if the pid is alive but not provably that process.
+    `wait`. Raises IdentityMismatch, sending nothing, if the pid is alive but not provably that process;
+    ConfigError, sending nothing, if `wait` is not a finite number >= 0.
     """
-    expected = _as_identity(identity)
-    try:
-        pidfd = os.pidfd_open(expected.pid)
-    except ProcessLookupError:
-        return True
-    try:
-        verdict = verify(expected)
-        if verdict is Verdict.DEAD or _is_readable(pidfd):
+    wait = check_timeout("wait", wait)
+    with pin_verified(identity) as process:
+        if process is None or not process.send(sig):
             return True
-        if verdict is not Verdict.SAME:
-            raise IdentityMismatch(
-                f"refusing to signal pid {expected.pid}: verdict {verdict.name}; no signal was sent"
-            )
-        try:
-            signal.pidfd_send_signal(pidfd, sig)
-        except ProcessLookupError:
-            return True
-        return _wait_readable((pidfd,), _check_timeout("wait", wait))
-    finally:
-        os.close(pidfd)
+        return process.wait(wait)
 
 
 class StopOutcome(enum.Enum):
@@ -208,7 +307,9 @@ class StopResult:
 _Wait: TypeAlias = tuple[tuple[int, ...], float]
 
 
-def _check_timeout(name: str, value: float) -> float:
+def check_timeout(name: str, value: float) -> float:
+    """`value` as a float if it is a finite number >= 0; else ConfigError naming `name` and the value.
+    Checked before any signal, so a stop never starts that its SIGKILL fallback could not finish."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
@@ -228,6 +329,8 @@ def _open_verified_leader(identity: ProcessIdentity) -> int | None:
     cannot have been reused in between: every check describes the process the pidfd refers to.
     """
     pid = identity.pid
+    if pid == 1:
+        raise IdentityMismatch("refusing to stop pid 1 (init); no signal was sent")
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -267,8 +370,17 @@ def _signal_group(pgid: int, leader_pidfd: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _pidfd_of_member(pid: int, pgid: int, not_before: float) -> int | None:
-    """A pidfd on `pid` if it is a live member of group `pgid` created no earlier than `not_before`."""
+def _not_older(pid: int, proc: psutil.Process, leader: ProcessIdentity) -> bool:
+    """Was `pid` started no earlier than the leader (by start ticks when known, else wall clock)?"""
+    if leader.start_ticks is not None:
+        ticks = read_start_ticks(pid)
+        if ticks is not None:
+            return ticks >= leader.start_ticks
+    return bool(proc.create_time() >= leader.create_time - _CREATE_TIME_TOLERANCE)
+
+
+def _pidfd_of_member(pid: int, pgid: int, leader: ProcessIdentity) -> int | None:
+    """A pidfd on `pid` if it is a live member of group `pgid` started no earlier than `leader`."""
     try:
         if os.getpgid(pid) != pgid:  # cheap prefilter, no /proc parsing
             return None
@@ -281,7 +393,7 @@ def _pidfd_of_member(pid: int, pgid: int, not_before: float) -> int | None:
             member = (
                 os.getpgid(pid) == pgid
                 and proc.status() != psutil.STATUS_ZOMBIE
-                and proc.create_time() >= not_before - _CREATE_TIME_TOLERANCE
+                and _not_older(pid, proc, leader)
             )
         if member and not _is_readable(fd):  # still alive: the checks above were about this process
             return fd
@@ -291,10 +403,10 @@ def _pidfd_of_member(pid: int, pgid: int, not_before: float) -> int | None:
     return None
 
 
-def _kill_stragglers(pgid: int, not_before: float) -> list[int]:
+def _kill_stragglers(pgid: int, leader: ProcessIdentity) -> list[int]:
     """SIGKILL the live processes left in group `pgid` and return their pidfds (the caller closes them).
 
-    Only processes whose create time is not before the leader's are touched. The pid `pgid` itself is
+    Only processes whose start time is not before the leader's are touched. The pid `pgid` itself is
     skipped: the leader has exited, so a live process with that pid is not ours.
     """
     signalled: dict[int, int] = {}
@@ -304,7 +416,7 @@ def _kill_stragglers(pgid: int, not_before: float) -> list[int]:
             for pid in psutil.pids():
                 if pid == pgid or pid in signalled:
                     continue
-                fd = _pidfd_of_member(pid, pgid, not_before)
+                fd = _pidfd_of_member(pid, pgid, leader)
                 if fd is None:
                     continue
                 signalled[pid] = fd
@@ -347,7 +459,7 @@ def _stop_steps(
                         f"pid {identity.pid} was sent SIGKILL but had not exited after {kill_timeout:g} s"
                     )
             # Swept before the leader is reaped: while our child's zombie exists its pgid stays taken.
-            stragglers = _kill_stragglers(pgid, identity.create_time)
+            stragglers = _kill_stragglers(pgid, identity)
             try:
                 if stragglers:
                     yield tuple(stragglers), kill_timeout
@@ -357,7 +469,7 @@ def _stop_steps(
         except BaseException:
             # Cancelled or interrupted while waiting (or stuck): never leave the group running.
             _signal_group(pgid, pidfd, signal.SIGKILL)
-            for fd in _kill_stragglers(pgid, identity.create_time):
+            for fd in _kill_stragglers(pgid, identity):
                 os.close(fd)
             raise
     finally:
@@ -374,7 +486,7 @@ def _wait_readable(fds: Sequence[int], timeout: float) -> bool:
         poller.register(fd, select.POLLIN)
     deadline = time.monotonic() + timeout
     while True:
-        remaining_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+        remaining_ms = min(_POLL_SLICE_MS, max(0, math.ceil((deadline - time.monotonic()) * 1000)))
         for fd, _events in poller.poll(remaining_ms):
             pending.discard(fd)
             poller.unregister(fd)
@@ -394,8 +506,8 @@ def stop_process_group(
     """
     steps = _stop_steps(
         _as_identity(identity),
-        _check_timeout("timeout", timeout),
-        _check_timeout("kill_timeout", kill_timeout),
+        check_timeout("timeout", timeout),
+        check_timeout("kill_timeout", kill_timeout),
     )
     try:
         fds, wait_for = next(steps)
@@ -432,8 +544,8 @@ async def stop_process_group_async(
 
     steps = _stop_steps(
         _as_identity(identity),
-        _check_timeout("timeout", timeout),
-        _check_timeout("kill_timeout", kill_timeout),
+        check_timeout("timeout", timeout),
+        check_timeout("kill_timeout", kill_timeout),
     )
     try:
         try:
