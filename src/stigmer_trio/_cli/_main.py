@@ -34,11 +34,14 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr and exit code 2 (no usage dump)."""
 
     def error(self, message: str) -> NoReturn:
+        flag, sep, rest = message.removeprefix("argument ").partition(": ")
+        if sep and rest.startswith(f"{flag.split('/')[-1]} "):  # our types name their flag: say it once
+            message = rest
         self.exit(EXIT_USAGE, f"{PROG}: error: {one_line(message)} (see '{PROG} --help')\n")
 
 
-def _seconds(*, positive: bool) -> Callable[[str], float]:
-    """An argparse type: a finite number of seconds, > 0 (or >= 0) and at most a day."""
+def _seconds(flag: str, *, positive: bool) -> Callable[[str], float]:
+    """An argparse type for `flag`: a finite number of seconds, > 0 (or >= 0) and at most a day."""
     bound = "> 0" if positive else ">= 0"
 
     def parse(text: str) -> float:
@@ -48,22 +51,28 @@ def _seconds(*, positive: bool) -> Callable[[str], float]:
             value = math.nan
         if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS or (positive and value == 0):
             raise argparse.ArgumentTypeError(
-                f"must be a number of seconds {bound}, got {text!r} (at most {MAX_SECONDS:.0f}: 1 day)"
+                f"{flag} must be a number of seconds {bound}, got {text!r} (at most {MAX_SECONDS:.0f}: 1 day)"
             )
         return value
 
     return parse
 
 
-def _whole(text: str) -> int:
-    """An argparse type: a whole number from 0 to MAX_COUNT."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r} (at most {MAX_COUNT})")
-    return value
+def _whole(flag: str) -> Callable[[str], int]:
+    """An argparse type for `flag`: a whole number from 0 to MAX_COUNT."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value <= MAX_COUNT:
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be >= 0, got {text!r} (a whole number, at most {MAX_COUNT})"
+            )
+        return value
+
+    return parse
 
 
 def _add_location(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +96,7 @@ def _add_up_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--binary", metavar="PATH", help="the temporal executable (default: next to python)")
     parser.add_argument(
         "--start-timeout",
-        type=_seconds(positive=True),
+        type=_seconds("--start-timeout", positive=True),
         metavar="S",
         help="seconds a server may take to be ready (15; at most a day)",
     )
@@ -162,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_location(stop)
     stop.add_argument(
         "--timeout",
-        type=_seconds(positive=False),
+        type=_seconds("--timeout", positive=False),
         default=15.0,
         metavar="S",
         help="graceful stop budget (15)",
@@ -179,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_location(logs)
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing what is appended")
     logs.add_argument("--devserver", action="store_true", help="the dev server's log instead")
-    logs.add_argument("-n", "--lines", type=_whole, metavar="N", help="only the last N lines")
+    logs.add_argument("-n", "--lines", type=_whole("--lines"), metavar="N", help="only the last N lines")
     submit = commands.add_parser(
         "submit", help="queue a workflow start: durable now, started when Temporal is up (exactly once)"
     )
@@ -197,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--wait", action="store_true", help="wait until started; print `started ID RUN_ID`")
     submit.add_argument(
-        "--timeout", type=_seconds(positive=True), metavar="S", help="with --wait: give up waiting after S s"
+        "--timeout",
+        type=_seconds("--timeout", positive=True),
+        metavar="S",
+        help="with --wait: give up waiting after S s",
     )
     queue = commands.add_parser("queue", help="the queued starts: list, `queue retry ID`, `queue drop ID`")
     _add_location(queue)
@@ -206,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--json", action="store_true", help="one JSON object: counts and entries")
     queue.add_argument("--state", choices=("pending", "failed", "started"), help="only entries in this state")
     queue.add_argument(
-        "--limit", type=_whole, default=_queue.LIST_LIMIT, metavar="N", help="at most N entries"
+        "--limit", type=_whole("--limit"), default=_queue.LIST_LIMIT, metavar="N", help="at most N entries"
     )
     return parser
 
