@@ -20,6 +20,7 @@ from pathlib import Path
 from ._boundary._statefiles import (
     FileLock,
     PidRecord,
+    UntrustedStateFile,
     ensure_state_dir,
     lock_is_held,
     read_pid_file,
@@ -62,9 +63,12 @@ READY_WAIT = 30.0  # seconds the daemon waits for CONNECTED + workers before rep
 
 
 def read_record(path: Path) -> PidRecord | None:
-    """A pid file, or None: missing, corrupt, a planted symlink or unreadable all read as no record."""
+    """A pid file, or None: missing, corrupt, a planted symlink or unreadable all read as no record.
+    A record that another uid owns or could have written (UntrustedStateFile) is refused, not ignored."""
     try:
         return read_pid_file(path)
+    except UntrustedStateFile:
+        raise
     except Exception:
         return None
 

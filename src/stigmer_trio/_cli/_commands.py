@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from .._boundary._statefiles import lock_is_held
@@ -44,6 +45,24 @@ DETACH_WAIT = 180.0  # seconds `up --detach` waits for the daemon's verdict
 UP_TRIES = 3  # a daemon found starting that then dies is replaced by ours; at most this often
 ORPHAN_WAIT = 2.0  # seconds a held devserver.lock may take to be provably ours (or to be let go)
 RESTART_STOP_TIMEOUT = 15.0  # `restart`: the old daemon's graceful stop budget
+KILL_WAIT = 5.0  # seconds `stop` waits for a daemon it had to SIGKILL to be gone
+
+
+@contextlib.contextmanager
+def _trusted(state_dir: Path, *subdirs: str) -> Iterator[StateLayout]:
+    """The state dir's layout, once the dir (and `subdirs` of it) are ours alone: owned by our euid,
+    not writable by group or others. That, or a state file found unusable inside the block (another
+    uid's lock or record, an unreadable lock), is a one-line UsageError (exit 2)."""
+    from .._boundary._statefiles import check_trusted_dir
+    from .._core._errors import StateFileError
+
+    try:
+        check_trusted_dir(state_dir)
+        for name in subdirs:
+            check_trusted_dir(state_dir / name, f"state_dir's {name}/")
+        yield StateLayout(state_dir)
+    except StateFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # --- status --------------------------------------------------------------------------------------------
@@ -52,7 +71,8 @@ def status(state_dir: Path, *, as_json: bool) -> int:
     from the endpoint when it answers, else what runtime.json last said."""
     from .._boundary._endpoint import get_json
 
-    running, report = status_report(state_dir)
+    with _trusted(state_dir):
+        running, report = status_report(state_dir)
     if running:
         endpoint = report.get("http")
         url = endpoint.get("url") if isinstance(endpoint, dict) else None
@@ -113,8 +133,8 @@ def logs(state_dir: Path, *, lines: int | None, follow: bool, devserver: bool) -
         raise UsageError(f"--lines must be >= 0, got {lines!r}")
     from .._observe._logfiles import show_log
 
-    layout = StateLayout(state_dir)
-    path = layout.devserver_log if devserver else layout.daemon_log
+    with _trusted(state_dir, "logs") as layout:
+        path = layout.devserver_log if devserver else layout.daemon_log
     try:
         found = show_log(path, lines=lines, follow=follow)
     except KeyboardInterrupt:
@@ -129,6 +149,11 @@ def logs(state_dir: Path, *, lines: int | None, follow: bool, devserver: bool) -
 # --- up ------------------------------------------------------------------------------------------------
 def up(args: argparse.Namespace, env: Mapping[str, str], file: Mapping[str, Any], state_dir: Path) -> int:
     """Start the daemon (foreground, or detached: wait for its verdict) unless one runs already."""
+    with _trusted(state_dir, "logs", "home"):
+        return _up(args, env, file, state_dir)
+
+
+def _up(args: argparse.Namespace, env: Mapping[str, str], file: Mapping[str, Any], state_dir: Path) -> int:
     settings = None
     for _ in range(UP_TRIES):
         if daemon_running(StateLayout(state_dir)):
@@ -340,8 +365,8 @@ def demo(state_dir: Path, name: str) -> int:
     """Run the demo workflow through the running daemon's demo worker; print result and latency."""
     from .._core._names import DEMO_TASK_QUEUE
 
-    layout = StateLayout(state_dir)
-    record = daemon_record(layout) if daemon_running(layout) else None
+    with _trusted(state_dir) as layout:
+        record = daemon_record(layout) if daemon_running(layout) else None
     if record is None or not record.extra.get("ready"):
         say(f"no ready daemon in {state_dir}: start one with `{PROG} up --detach` first")
         return EXIT_NOT_RUNNING
@@ -374,44 +399,31 @@ def stop(state_dir: Path, timeout: float) -> int:
 def _stop(state_dir: Path, timeout: float, *, keep_server: bool = False) -> int:
     """Stop the daemon (and its dev server, or an orphaned one). `keep_server` (the `restart`
     handover): the daemon leaves a healthy dev server running for the next daemon to adopt."""
-    if timeout < 0:
-        raise UsageError(f"--timeout must be >= 0, got {timeout!r}")
-    layout = StateLayout(state_dir)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout < 0
+    ):
+        raise UsageError(f"--timeout must be a finite number >= 0, got {timeout!r}")
+    with _trusted(state_dir) as layout:
+        return _stop_trusted(layout, timeout, keep_server)
+
+
+def _stop_trusted(layout: StateLayout, timeout: float, keep_server: bool) -> int:
     daemon_up = daemon_running(layout)
     server_up = lock_is_held(layout.devserver_lock)
     if not daemon_up and not server_up:
         print("not running")
         return EXIT_OK
-    import signal
-
-    from .._boundary._process import Verdict, signal_verified, verify
-    from .._core._errors import IdentityMismatch
-
     began = time.monotonic()
     stopped: list[str] = []
     if daemon_up:
-        record = daemon_record(layout)
-        give_up = time.monotonic() + ORPHAN_WAIT  # a daemon that just took its lock writes its record next
-        while (record is None or verify(record) is not Verdict.SAME) and time.monotonic() < give_up:
-            if not daemon_running(layout):
-                break
-            time.sleep(0.01)
-            record = daemon_record(layout)
-        if not daemon_running(layout):
-            record = None  # it died meanwhile: only its server may be left
-        elif record is None or verify(record) is not Verdict.SAME:
-            say(f"{layout.runtime_lock} is held by a process not verifiable as our daemon; not touching it")
-            return EXIT_FAILURE
-        if record is not None:
-            try:
-                exited = signal_verified(record, HANDOVER_SIGNAL if keep_server else SIGTERM, wait=timeout)
-                if not exited:
-                    say(f"the daemon (pid {record.pid}) did not stop within {timeout:g} s: killing it")
-                    signal_verified(record, signal.SIGKILL)
-            except IdentityMismatch as exc:
-                say(str(exc))
-                return EXIT_FAILURE
-            stopped.append(f"daemon pid {record.pid}")
+        code, daemon = _stop_daemon(layout, timeout, keep_server)
+        if code != EXIT_OK:
+            return code
+        if daemon is not None:
+            stopped.append(daemon)
     if not keep_server:
         code, orphan = _stop_orphan(layout, timeout)
         if code != EXIT_OK:
@@ -425,29 +437,64 @@ def _stop(state_dir: Path, timeout: float, *, keep_server: bool = False) -> int:
     return EXIT_OK
 
 
+def _stop_daemon(layout: StateLayout, timeout: float, keep_server: bool) -> tuple[int, str | None]:
+    """Stop the daemon holding runtime.lock, once proven ours while a pidfd pins it: runtime.json (in
+    our trusted state dir) names it, it runs as our uid with that start time and command line, and it
+    is the process holding runtime.lock (/proc/locks). Whatever command line started it (the record
+    says which), nothing but that proof is relied on. Retried briefly: a daemon that just took its lock
+    writes its record next. None: it died meanwhile (only its server may be left)."""
+    import signal
+
+    from .._boundary._process import pin_verified
+    from .._boundary._statefiles import lock_holder_pids
+    from .._core._errors import IdentityMismatch
+
+    give_up = time.monotonic() + ORPHAN_WAIT
+    while True:
+        record = daemon_record(layout)
+        why = "runtime.json is missing"
+        if record is not None:
+            try:
+                with pin_verified(record) as daemon:
+                    holders = lock_holder_pids(layout.runtime_lock)
+                    if daemon is None:
+                        why = f"pid {record.pid} has exited"
+                    elif holders is not None and daemon.pid not in holders:
+                        why = f"its holder is not pid {daemon.pid}, which runtime.json names"
+                    else:
+                        if daemon.send(HANDOVER_SIGNAL if keep_server else SIGTERM) and not daemon.wait(
+                            timeout
+                        ):
+                            say(
+                                f"the daemon (pid {daemon.pid}) did not stop within {timeout:g} s: killing it"
+                            )
+                            daemon.send(signal.SIGKILL)
+                            daemon.wait(KILL_WAIT)
+                        return EXIT_OK, f"daemon pid {daemon.pid}"
+            except IdentityMismatch as exc:
+                why = str(exc)
+        if not daemon_running(layout):
+            return EXIT_OK, None  # it died meanwhile: only its server may be left
+        if time.monotonic() >= give_up:
+            say(f"{layout.runtime_lock} held, not verifiable as our daemon ({why}); not touching it")
+            return EXIT_FAILURE, None
+        time.sleep(0.01)
+
+
 def _stop_orphan(layout: StateLayout, timeout: float) -> tuple[int, str | None]:
     """Stop a dev server whose daemon is gone, proven ours by devserver.json (or, the instant before it
-    execs, by its launcher's command line there) and by what the state dir implies: it holds
-    devserver.lock, runs the binary its command line names, and that is a `server start-dev` on
-    127.0.0.1 and the recorded port with its db in the state dir or where the record says (the CLI does
-    not know the daemon's configuration). A lock whose holder cannot be proven ours is left alone; held
-    without a record is transient (a launcher whose daemon died exits on its own)."""
+    execs, by its launcher's command line there). A lock whose holder cannot be proven ours is left
+    alone; held without a record is transient (a launcher whose daemon died exits on its own)."""
     from .._boundary._process import Verdict, live_identity, stop_process_group
     from .._boundary._statefiles import remove_pid_file
     from .._core._errors import IdentityMismatch
-    from .._tree._serve_devserver import proof_problem
 
     give_up = time.monotonic() + ORPHAN_WAIT
     while lock_is_held(layout.devserver_lock):
         record = devserver_record(layout)
-        problem = None
         if record is not None:
             identity, verdict = live_identity(record)
             if verdict is Verdict.SAME:
-                db = record.extra.get("db")  # the CLI does not know the configured db: the record's
-                dbs = [Path(db)] if isinstance(db, str) else []
-                problem = proof_problem(identity, record, layout, dbs=dbs)
-            if verdict is Verdict.SAME and problem is None:
                 try:
                     stop_process_group(identity, timeout=min(timeout, 10.0) or 0.1)
                 except IdentityMismatch as exc:
@@ -457,8 +504,6 @@ def _stop_orphan(layout: StateLayout, timeout: float) -> tuple[int, str | None]:
                 return EXIT_OK, f"dev server pid {record.pid}"
         if time.monotonic() >= give_up:
             why = "devserver.json is missing" if record is None else f"pid {record.pid} is {verdict.value}"
-            if problem is not None and record is not None:
-                why = f"pid {record.pid} is not provably our dev server ({problem})"
             say(f"{layout.devserver_lock} is held but {why}: cannot verify, not touching it")
             return EXIT_FAILURE, None
         time.sleep(0.01)
