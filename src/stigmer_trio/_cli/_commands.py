@@ -483,18 +483,27 @@ def _stop_daemon(layout: StateLayout, timeout: float, keep_server: bool) -> tupl
 
 def _stop_orphan(layout: StateLayout, timeout: float) -> tuple[int, str | None]:
     """Stop a dev server whose daemon is gone, proven ours by devserver.json (or, the instant before it
-    execs, by its launcher's command line there). A lock whose holder cannot be proven ours is left
-    alone; held without a record is transient (a launcher whose daemon died exits on its own)."""
+    execs, by its launcher's command line there) and by what the state dir implies: it holds
+    devserver.lock, runs the binary its command line names, and that is a `server start-dev` on
+    127.0.0.1 and the recorded port with its db in the state dir or where the record says (the CLI does
+    not know the daemon's configuration). A lock whose holder cannot be proven ours is left alone; held
+    without a record is transient (a launcher whose daemon died exits on its own)."""
     from .._boundary._process import Verdict, live_identity, stop_process_group
     from .._boundary._statefiles import remove_pid_file
     from .._core._errors import IdentityMismatch
+    from .._tree._serve_devserver import proof_problem
 
     give_up = time.monotonic() + ORPHAN_WAIT
     while lock_is_held(layout.devserver_lock):
         record = devserver_record(layout)
+        problem = None
         if record is not None:
             identity, verdict = live_identity(record)
             if verdict is Verdict.SAME:
+                db = record.extra.get("db")  # the CLI does not know the configured db: the record's
+                dbs = [Path(db)] if isinstance(db, str) else []
+                problem = proof_problem(identity, record, layout, dbs=dbs)
+            if verdict is Verdict.SAME and problem is None:
                 try:
                     stop_process_group(identity, timeout=min(timeout, 10.0) or 0.1)
                 except IdentityMismatch as exc:
@@ -504,6 +513,8 @@ def _stop_orphan(layout: StateLayout, timeout: float) -> tuple[int, str | None]:
                 return EXIT_OK, f"dev server pid {record.pid}"
         if time.monotonic() >= give_up:
             why = "devserver.json is missing" if record is None else f"pid {record.pid} is {verdict.value}"
+            if problem is not None and record is not None:
+                why = f"pid {record.pid} is not provably our dev server ({problem})"
             say(f"{layout.devserver_lock} is held but {why}: cannot verify, not touching it")
             return EXIT_FAILURE, None
         time.sleep(0.01)
