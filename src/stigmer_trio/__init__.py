@@ -1,7 +1,7 @@
 # The one public door. Rule: this module only re-exports, lazily (module __getattr__), so that
-# `import stigmer_trio` and the CLI's hot paths never import trio or temporalio.
-from __future__ import annotations
-
+# `import stigmer_trio` and the CLI's hot paths never import trio or temporalio. Must never: import a
+# module the interpreter has not loaded already (not even __future__): under `python -m stigmer_trio`
+# this runs while the current directory is still first on sys.path (__main__ takes it out).
 import importlib
 
 from ._version import __version__
@@ -164,7 +164,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,12 +1,13 @@
 # The daemon process: `up` runs the runtime here until a signal stops it. Owns the process-wide things an
-# embedding program must never get from the library: signal handling (SIGTERM / SIGINT stop, SIGUSR1
-# stops leaving the dev server for the next daemon), logging setup, gc.freeze once ready, one daemon per
-# state dir (runtime.lock), runtime.json (written here and read back here, for `status`, `up`, `stop`
-# and `demo`), and the daemon's side of the detach protocol (its verdict on a pipe; the settings it was
-# handed). Rule: stdlib only at import (the CLI's hot paths read runtime.json through this module):
-# trio, psutil and the runtime are imported inside the functions that run the daemon. Must never: touch
-# argv or stdout (the CLI's), or exit the interpreter normally after temporalio ran (the caller leaves
-# with os._exit; see `daemon_main`).
+# embedding program must never get from the library: signal handling (SIGTERM / SIGINT / SIGHUP stop,
+# SIGUSR1 stops leaving the dev server for the next daemon), logging setup, the working directory (the
+# state dir) and the open files limit, gc.freeze once ready, one daemon per state dir (runtime.lock),
+# runtime.json (written here and read back here, for `status`, `up`, `stop` and `demo`), and the
+# daemon's side of the detach protocol (its verdict on a pipe; the settings it was handed). Rule: stdlib
+# only at import (the CLI's hot paths read runtime.json through this module): trio, psutil and the
+# runtime are imported inside the functions that run the daemon. Must never: touch argv or stdout (the
+# CLI's), or exit the interpreter normally after temporalio ran (the caller leaves with os._exit; see
+# `daemon_main`).
 from __future__ import annotations
 
 import contextlib
@@ -287,7 +288,8 @@ async def _daemon(config: RuntimeConfig, status: StatusFile, notify: Notify) -> 
     began = trio.current_time()
     failure: BaseException | None = None
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)  # SIGHUP: the terminal closed
+    with trio.open_signal_receiver(*stops) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
@@ -341,6 +343,38 @@ async def _daemon(config: RuntimeConfig, status: StatusFile, notify: Notify) -> 
     return 0
 
 
+def _absolute_paths(config: RuntimeConfig) -> RuntimeConfig:
+    """The config with its paths (state dir, dev server binary and db) absolute, for the chdir."""
+    import attrs
+
+    server = config.dev_server
+    if server is not None:
+        server = attrs.evolve(
+            server,
+            binary=server.binary and server.binary.absolute(),
+            db_filename=server.db_filename and server.db_filename.absolute(),
+        )
+    return attrs.evolve(config, state_dir=config.state_dir.absolute(), dev_server=server)
+
+
+def _raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit (a dev server, workers and the control endpoint's
+    connections share it), logged once."""
+    import logging
+    import resource
+
+    logger = logging.getLogger(LOGGER)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logger.warning("open files limit stays %s (hard %s): %s", soft, hard, exc)
+        return
+    logger.info("open files limit raised from %s to %s (the hard limit)", soft, hard)
+
+
 def _freeze_startup_objects() -> None:
     """The daemon owns its process: move everything start-up built (temporalio's object graph, the
     modules) out of the collector's way. Measured (benchmarks/http_endpoint.py): full collections went
@@ -356,13 +390,18 @@ def daemon_main(config: RuntimeConfig, notify: Notify) -> int:
     already running elsewhere, 1 the tree failed, 130 interrupted).
 
     One daemon per state dir (runtime.lock). `notify` receives one dict: ready / started / error /
-    already-running. SIGTERM and SIGINT stop it gracefully (RuntimeConfig.shutdown_timeout bounds the
-    tree's stop); SIGUSR1 too, leaving a healthy dev server running for the next daemon to adopt.
+    already-running. SIGTERM, SIGINT and SIGHUP stop it gracefully (RuntimeConfig.shutdown_timeout
+    bounds the tree's stop); SIGUSR1 too, leaving a healthy dev server running for the next daemon to
+    adopt. The daemon owns its process: its working directory becomes the state dir (the config's
+    paths are made absolute first) and its soft RLIMIT_NOFILE is raised to the hard limit.
     The caller must leave with os._exit(code): temporalio can crash the interpreter at exit.
     """
     import trio
 
+    config = _absolute_paths(config)
     ensure_state_dir(config.state_dir)
+    os.chdir(config.state_dir)  # hold no user directory; relative paths in a worker's code mean the state dir
+    _raise_open_files_limit()
     lock = FileLock(StateLayout(config.state_dir).runtime_lock)
     if not lock.acquire():
         lock.release()

@@ -279,12 +279,19 @@ def _detach(settings: Settings) -> int | None:
     verdict_read, verdict_write = os.pipe()
     settings_read, settings_write = os.pipe()
     began = time.monotonic()
-    log_fd = os.open(layout.daemon_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        log_fd = os.open(layout.daemon_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:  # a symlink planted at the log (ELOOP), ...: one line, nothing started
+        for fd in (verdict_read, verdict_write, settings_read, settings_write):
+            os.close(fd)
+        say(f"refusing to open the daemon log {str(layout.daemon_log)!r}: {exc.strerror}; remove it")
+        return EXIT_FAILURE
     try:
         # Its command line names the state dir (so it can be told apart, as before); its settings are
-        # on the pipe, not in argv.
+        # on the pipe, not in argv. `-P`: nothing is imported from the current directory (the daemon
+        # loads --worker modules from it, then moves to the state dir: see __main__.py).
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "stigmer_trio", "up", "--state-dir", str(state_dir)],
+            [sys.executable, "-P", "-m", "stigmer_trio", "up", "--state-dir", str(state_dir)],
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
