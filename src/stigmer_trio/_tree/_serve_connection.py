@@ -88,11 +88,11 @@ async def serve_connection(
                 if await _back_off(temporal, config, cell, config.policy.delay(attempt, rng)):
                     attempt = 0  # the server is back: should it still be booting, retry from 50 ms
                 continue
+            impostor = await _impostor(config, cell, owner_check) if client is not None else None
             if client is None or not _current(cell, generation):
                 # The server was condemned during the attempt: the next one waits for its successor.
                 cell.transition(ConnectionState.DISCONNECTED, "the dev server was replaced")
                 continue
-            impostor = await _impostor(config, cell, owner_check)
             if impostor is not None:
                 cell.transition(ConnectionState.DISCONNECTED, impostor)
                 attempt += 1
