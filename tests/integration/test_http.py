@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stigmer_trio._core._config import HttpConfig
+from stigmer_trio._tree import _serve_http as serve_http
 from stigmer_trio._tree._serve_http import ControlApp, HttpPortInUse, HttpServer
 
 pytestmark = pytest.mark.integration
@@ -77,8 +78,8 @@ class Endpoint:
 
 
 @contextlib.asynccontextmanager
-async def open_endpoint(config: HttpConfig) -> AsyncIterator[Endpoint]:
-    app = ControlApp(lambda: STATUS, lambda: b"# HELP x\n" * 200, "text/plain; version=0.0.4")
+async def open_endpoint(config: HttpConfig, metrics: bytes = b"# HELP x\n" * 200) -> AsyncIterator[Endpoint]:
+    app = ControlApp(lambda: STATUS, lambda: metrics, "text/plain; version=0.0.4")
     server = HttpServer(config, app)
     async with trio.open_nursery() as nursery:
         url = await nursery.start(server.serve)
@@ -399,6 +400,30 @@ class TestHost:
         from stigmer_trio._boundary._endpoint import get_json
 
         assert STATUS == await trio.to_thread.run_sync(get_json, endpoint.server.url, "/status")
+
+
+class TestStuckClients:
+    async def test_a_client_that_never_reads_cannot_hold_the_endpoint(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A client pipelining requests without reading: others are served meanwhile, its connection is
+        closed after WRITE_TIMEOUT, and the endpoint then stops at once (before: a shielded write held its
+        connection and the endpoint's shutdown forever)."""
+        monkeypatch.setattr(serve_http, "WRITE_TIMEOUT", 0.5)
+        with trio.fail_after(20):
+            async with open_endpoint(HttpConfig(port=0), metrics=b"x" * 100_000) as endpoint:
+                sock = trio.socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                await sock.connect(("127.0.0.1", endpoint.port))
+                # 200 responses of 100 kB, far more than the socket buffers hold: the server's write blocks.
+                await sock.send(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 200)
+                await trio.sleep(0.2)
+                assert 200 == (await endpoint.get("/healthz"))[0]
+                await trio.sleep(1.0)  # past WRITE_TIMEOUT: the stuck connection is closed
+                stopping = trio.current_time()
+            stopped_in = trio.current_time() - stopping
+            sock.close()
+        assert 0.5 > stopped_in
 
 
 class TestConnectionCap:

@@ -5,9 +5,9 @@
 # HTTP/2 on a prior-knowledge preface or `Upgrade: h2c` is left out; another version gets 505); RequestGuard
 # (a head over 8 KiB however it arrived: 431; a Host that does not name this endpoint: 421, so a
 # DNS-rebinding page cannot read it); at most `max_connections` open connections (the rest wait in the
-# kernel's listen backlog: no fd of ours). Must never: block the trio loop in a handler, or let a
-# connection's exception reach the supervision tree (hypercorn answers 500 and logs it; a broken
-# connection ends alone).
+# kernel's listen backlog: no fd of ours); a write to a client that stops reading gives up after
+# WRITE_TIMEOUT. Must never: block the trio loop in a handler, or let a connection's exception reach the
+# supervision tree (hypercorn answers 500 and logs it; a broken connection ends alone).
 from __future__ import annotations
 
 import array
@@ -41,6 +41,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 ALLOWED = "GET, HEAD"
 MAX_HEAD = 8 * 1024  # bytes of request line + headers
+WRITE_TIMEOUT = 5.0  # seconds a response write may wait for a client that does not read
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
 
@@ -387,7 +388,7 @@ def _http11_connection() -> type[Any]:
     endpoint never loads it.
     """
     import h11
-    from hypercorn.events import Closed, Event, Updated
+    from hypercorn.events import Closed, Event, RawData, Updated
     from hypercorn.protocol.h11 import H11Protocol
     from hypercorn.trio.task_group import TaskGroup
     from hypercorn.trio.tcp_server import TCPServer
@@ -461,10 +462,31 @@ def _http11_connection() -> type[Any]:
             return self.idle and unread(self.stream.socket) == 0
 
         async def protocol_send(self, event: Event) -> None:
+            if isinstance(event, RawData):
+                await self._send_bounded(event.data)
+                return
             if isinstance(event, Updated):
                 self.idle = event.idle
                 if event.idle:
                     self.slots.changed()
             await super().protocol_send(event)
+
+        async def _send_bounded(self, data: bytes) -> None:
+            """hypercorn's write, shielded as there (a response is not cut when its app task is cancelled,
+            e.g. after the client's half-close), but for WRITE_TIMEOUT at most: a client that pipelines
+            requests and never reads held the write, its connection and any shutdown forever (measured:
+            cancelling the endpoint never returned). Past that, its connection is closed."""
+            async with self.send_lock:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + WRITE_TIMEOUT
+                    try:
+                        await self.stream.send_all(data)
+                        return
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                if scope.cancelled_caught:
+                    logger.debug("http client did not read for %s s: connection closed", WRITE_TIMEOUT)
+                    self.stream.socket.close()  # its reader sees ClosedResourceError
+            await self.protocol.handle(Closed())
 
     return Http11Connection
