@@ -143,6 +143,8 @@ class TestSubmit:
         assert (started.state, started.run_id, started.attempts) == (SubmissionState.STARTED, "run-a", 1)
         [(id, _, task_timeout)] = drain.fake.calls
         assert (id, task_timeout) == ("a", 7.0)
+        # The event follows the mark's commit (a poll of the row can see it first): wait for it.
+        await drain.until(lambda: bool(drain.of(SubmissionStarted)))
         assert drain.of(SubmissionStarted) == [SubmissionStarted("a", "run-a", 1)]
 
     async def test_the_same_submit_is_found_and_another_one_conflicts(self, drain: Drain) -> None:
@@ -220,6 +222,7 @@ class TestDrain:
             await drain.outbox.wait_started("bad")
         await drain.outbox.wait_started("good2")
         assert await states(drain) == {"bad": "failed", "good1": "started", "good2": "started"}
+        await drain.until(lambda: bool(drain.of(SubmissionRejected)))
         [rejected] = drain.of(SubmissionRejected)
         assert rejected.id == "bad"
 
@@ -244,6 +247,7 @@ class TestDrain:
         started = await drain.outbox.wait_started("a")
         assert started.run_id == "their-run"
         assert "already started by another request" in (started.last_error or "")
+        await drain.until(lambda: bool(drain.of(SubmissionStarted)))
         assert drain.of(SubmissionStarted) == [SubmissionStarted("a", "their-run", 1, deduplicated=True)]
 
     async def test_a_transient_failure_on_a_live_connection_backs_off(self, drain: Drain) -> None:
