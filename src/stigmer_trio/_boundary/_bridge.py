@@ -25,7 +25,13 @@ class Bridge(Protocol):
     Protocol). Every call raises TemporalUnavailable when Temporal does not answer (in time)."""
 
     async def connect(
-        self, address: str, namespace: str, *, timeout: float, tls: bool = False, api_key: str | None = None
+        self,
+        address: str,
+        namespace: str,
+        *,
+        timeout: float,
+        tls: bool | None = None,  # None: on exactly when an api_key is given
+        api_key: str | None = None,
     ) -> Client: ...
 
     async def describe_namespace(self, client: Client, namespace: str, *, timeout: float) -> None: ...

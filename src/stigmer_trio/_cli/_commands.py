@@ -120,7 +120,8 @@ def status(state_dir: Path, *, as_json: bool) -> int:
     elif server:
         print(
             f"not running: but an orphaned dev server (pid {server['pid']}, {server['address']}) is alive; "
-            f"`{PROG} up` adopts it, `{PROG} stop` stops it"
+            f"`{PROG} up` adopts it if it is provably ours and runs this configuration's command (else "
+            f"stops and replaces it), `{PROG} stop` stops it"
         )
     else:
         print(f"not running (state dir {state_dir})")
