@@ -31,3 +31,16 @@ class TestDevServerEnv:
         with pytest.raises(ConfigError) as info:
             DevServerConfig(env=env)  # type: ignore[arg-type]
         assert str(info.value).startswith(message)
+
+    def test_the_file_table(self) -> None:
+        """[dev_server.env] in the TOML file sets it; a non-table or a bad value names the field."""
+        from stigmer_trio._core._config import resolve
+
+        file = {"dev_server": {"env": {"GODEBUG": "x=1"}}}
+        config = resolve(flags={"state_dir": "/tmp/x"}, env={}, file=file)
+        assert config.dev_server is not None
+        assert {"GODEBUG": "x=1"} == config.dev_server.env
+        with pytest.raises(ConfigError, match=r"^\[dev_server.env\] must be a table, got 'A=1'"):
+            resolve(flags={"state_dir": "/tmp/x"}, env={}, file={"dev_server": {"env": "A=1"}})
+        with pytest.raises(ConfigError, match=r"^dev_server.env\['A'\] must be a string"):
+            resolve(flags={"state_dir": "/tmp/x"}, env={}, file={"dev_server": {"env": {"A": 1}}})

@@ -616,6 +616,7 @@ def resolve(
     _check_policy_bounds(runtime_policy, "[restart]")
     file_dev = dict(_table(file.get("dev_server", {}), "[dev_server]"))
     file_policy = _table(file_dev.pop("restart", {}), "[dev_server.restart]")
+    file_env = file_dev.pop("env", None)  # [dev_server.env]: the server's extra environment (file only)
     _check_keys(file_dev, _DEV_KEYS, "[dev_server]")
     _check_keys(file_policy, _POLICY_KEYS, "[dev_server.restart]")
     _check_policy_bounds(file_policy, "[dev_server.restart]")
@@ -639,6 +640,8 @@ def resolve(
         value = pick(key, file_dev)
         if value is not None:
             dev[key] = value
+    if file_env is not None:
+        dev["env"] = dict(_table(file_env, "[dev_server.env]"))
     if file_policy:
         try:
             dev["policy"] = attrs.evolve(DEFAULT_DEVSERVER_POLICY, **file_policy)
