@@ -191,3 +191,19 @@ class TestServerProcessHygiene:
         wait_for(lambda: all((stack.state_dir / n).exists() for n in names), 10.0, "the db files exist")
         modes = {n: oct((stack.state_dir / n).stat().st_mode & 0o777) for n in names}
         assert dict.fromkeys(names, "0o600") == modes
+
+    def test_an_existing_loose_db_is_made_private(self, tmp_path: Path) -> None:
+        """A db and -wal left 0644 (an older version, a copy) are 0600 once a server is spawned on them;
+        a symlink beside them is not followed (its target keeps its mode)."""
+        from stigmer_trio._tree._serve_devserver import tighten_db_files
+
+        db = tmp_path / "temporal.db"
+        wal = tmp_path / "temporal.db-wal"
+        target = tmp_path / "elsewhere"
+        for path in (db, wal, target):
+            path.write_bytes(b"x")
+            path.chmod(0o644)
+        (tmp_path / "temporal.db-shm").symlink_to(target)
+        assert [db, wal] == tighten_db_files(db)
+        assert (0o600, 0o600, 0o644) == tuple(p.stat().st_mode & 0o777 for p in (db, wal, target))
+        assert [] == tighten_db_files(db)

@@ -26,6 +26,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +78,26 @@ _UMASK = 0o077
 # What the server inherits of the runtime's environment (plus LC_*); HOME is its own dir in the state
 # dir. Nothing else: no TEMPORAL_* setting, no cloud credentials. DevServerConfig.env adds to this.
 _ENV_PASSED = frozenset({"PATH", "LANG", "TZ", "TMPDIR"})
+
+
+def tighten_db_files(db: Path) -> list[Path]:
+    """Make an existing db and its -wal / -shm 0600 (a umask only shapes new files: a db left 0644 by an
+    older version or a copy stays readable to others otherwise). Only regular files of ours, opened
+    without following a symlink; the ones changed."""
+    changed: list[Path] = []
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue  # missing (created 0600 by the server), or a symlink: not ours to change
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+                changed.append(path)
+        finally:
+            os.close(fd)
+    return changed
 
 
 def server_env(inherited: Mapping[str, str], home: Path, configured: Mapping[str, str]) -> dict[str, str]:
@@ -429,6 +450,8 @@ class DevServer:
         gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read as its stdin
         try:
             log_fd = await trio.to_thread.run_sync(self.log.open_for_writer)  # may copy max_bytes
+            if config.persist:
+                await trio.to_thread.run_sync(tighten_db_files, config.db_filename or self.paths.db)
             try:
                 self._log_offset = self.log.size()
                 proc = await trio.lowlevel.open_process(
