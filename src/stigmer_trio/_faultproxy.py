@@ -1,6 +1,7 @@
 # A fault-injecting TCP proxy for tests: forwards loopback connections to one upstream and, on command,
 # resets them (RST), blackholes them (bytes accepted and swallowed both ways), or delays every chunk.
-# Owns its listener and every proxied socket pair; cancelling serve() closes all of them. Must never:
+# Owns its listener and every proxied socket pair; cancelling serve() closes all of them (open_fault_proxy
+# is its `open_*` form; stigmer_trio.testing exports both, lazily). Must never:
 # bind anything but loopback, buffer without bound (a few chunks per direction, then backpressure),
 # poll (every task waits on a socket, a channel or a deadline), or let one connection's error reach
 # another connection or the listener.
@@ -10,13 +11,14 @@ import contextlib
 import math
 import socket
 import struct
+from collections.abc import AsyncIterator
 
 import trio
 
 from ._core._config import is_loopback
 from ._core._errors import ConfigError
 
-__all__ = ["FaultProxy"]
+__all__ = ["FaultProxy", "open_fault_proxy"]
 
 _CHUNK = 64 * 1024  # bytes read at a time, per direction
 _QUEUED_CHUNKS = 8  # chunks in flight per direction (the delay line); then the reader waits
@@ -205,3 +207,15 @@ class FaultProxy:
                 else:
                     await sink.send_eof()
                     return
+
+
+@contextlib.asynccontextmanager
+async def open_fault_proxy(upstream: str, *, listen: str = "127.0.0.1:0") -> AsyncIterator[FaultProxy]:
+    """A FaultProxy to `upstream`, listening (on loopback) for the duration of the block."""
+    proxy = FaultProxy(upstream, listen=listen)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        try:
+            yield proxy
+        finally:
+            nursery.cancel_scope.cancel(reason="fault proxy closing")

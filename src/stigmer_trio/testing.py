@@ -1,7 +1,10 @@
-# Public test helpers for programs that embed stigmer_trio. Owns nothing itself: FaultProxy lives in
-# _faultproxy; this module only exports it and its `open_*` form. Must never be imported by the runtime's
-# own modules: it is for tests, and it imports trio at import time.
-"""Test helpers for programs that embed stigmer_trio: a fault-injecting TCP proxy.
+# Public test helpers for programs that embed stigmer_trio, and the pytest plugin's entry point (the
+# `pytest11` entry point names this module). Owns nothing itself: FaultProxy and open_fault_proxy live in
+# _faultproxy, the fixtures and hooks in _testing_plugin (loaded by pytest through `pytest_plugins`).
+# Rule: every pytest run in an environment with stigmer_trio installed imports this module, so it
+# imports nothing at import time (no trio, temporalio, trio-asyncio, not even pytest): exports resolve
+# lazily (module __getattr__). Must never be imported by the runtime's own modules.
+"""Test helpers for programs that embed stigmer_trio: a fault-injecting TCP proxy, and a pytest plugin.
 
     async with open_fault_proxy("127.0.0.1:7233") as proxy:
         config = st.ConnectionConfig(address=proxy.address)
@@ -11,28 +14,37 @@
         proxy.latency(0.2)   # delay every chunk, until heal()
         proxy.heal()
 
-For Trio test code: importing this module imports trio.
+The pytest plugin (registered as the `pytest11` entry point `stigmer_trio`, so it loads in every pytest
+run of this environment; `-p no:stigmer_trio` turns it off) only defines fixtures, inert until a test
+asks for one: `temporal_server`, `temporal_runtime` and `temporal_faults` (see _testing_plugin and
+docs/testing.md). Importing this module imports nothing; FaultProxy and open_fault_proxy import trio
+when first used.
 """
 
-from __future__ import annotations
+import importlib
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+TYPE_CHECKING = False  # not `from typing import`: this module must stay free to import
+if TYPE_CHECKING:
+    from typing import Any
 
-import trio
-
-from ._faultproxy import FaultProxy
+    from ._faultproxy import FaultProxy, open_fault_proxy
 
 __all__ = ["FaultProxy", "open_fault_proxy"]
 
+# pytest registers the fixtures and hooks from here (this module is the entry point, the plugin is there).
+pytest_plugins = ["stigmer_trio._testing_plugin"]
 
-@asynccontextmanager
-async def open_fault_proxy(upstream: str, *, listen: str = "127.0.0.1:0") -> AsyncIterator[FaultProxy]:
-    """A FaultProxy to `upstream`, listening (on loopback) for the duration of the block."""
-    proxy = FaultProxy(upstream, listen=listen)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(proxy.serve)
-        try:
-            yield proxy
-        finally:
-            nursery.cancel_scope.cancel(reason="fault proxy closing")
+_EXPORTS = {"FaultProxy": "._faultproxy", "open_fault_proxy": "._faultproxy"}
+
+
+def __getattr__(name: str) -> "Any":
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __package__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
