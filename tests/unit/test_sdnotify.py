@@ -10,6 +10,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -387,7 +388,7 @@ class TestCommand:
         assert 0 == code
         words = systemd_words(exec_start(out))
         assert ["up", "--state-dir", str(state), "--config", str(config)] == words[4:]
-        assert os.path.abspath(os.sys.executable) == words[0]  # type: ignore[attr-defined]
+        assert os.path.abspath(sys.executable) == words[0]
         assert "TimeoutStopSec=55s" in out.splitlines()
         assert not state.exists()  # prints; creates nothing
 
@@ -436,15 +437,18 @@ class TestSystemdAnalyze:
     """systemd's own parser: it reports bad quoting, and a first word it does not read back as our
     executable's path is "not executable: No such file"."""
 
-    def verify(self, unit: str, where: Path) -> subprocess.CompletedProcess[str]:
+    def verify(self, unit: str, where: Path, *, user: bool = False) -> subprocess.CompletedProcess[str]:
         path = where / "stigmer-trio-test.service"
         path.write_text(unit)
+        runtime = where / "runtime"  # a user manager's runtime dir (there is no user session here)
+        runtime.mkdir(mode=0o700, exist_ok=True)
         return subprocess.run(
-            [str(SYSTEMD_ANALYZE), "verify", "--man=no", str(path)],
+            [str(SYSTEMD_ANALYZE), *(["--user"] if user else []), "verify", "--man=no", str(path)],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
+            env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
         )
 
     @pytest.mark.parametrize("path", AWKWARD)
@@ -461,6 +465,11 @@ class TestSystemdAnalyze:
         shutil.copy("/bin/true", executable)
         executable.chmod(executable.stat().st_mode | stat.S_IXUSR)
         result = self.verify(unit_for(str(executable), str(tmp_path / "state")), tmp_path)
+        assert (0, "") == (result.returncode, result.stderr), result.stderr
+
+    def test_verify_accepts_the_user_unit(self, tmp_path: Path) -> None:
+        unit = unit_for(os.path.realpath("/bin/true"), str(tmp_path / "state dir"), user_unit=True)
+        result = self.verify(unit, tmp_path, user=True)
         assert (0, "") == (result.returncode, result.stderr), result.stderr
 
     def test_verify_catches_a_wrong_path(self, tmp_path: Path) -> None:
