@@ -148,13 +148,15 @@ documents = st.one_of(
 # --- flags and environment -----------------------------------------------------------------------------
 numeric_text = st.one_of(numbers.map(str), argv_text, interesting)
 flag = st.one_of(
-    st.tuples(st.sampled_from(["--port", "--http-max-connections", "--start-timeout"]), numeric_text),
+    st.tuples(
+        st.sampled_from(["--port", "--ui-port", "--http-max-connections", "--start-timeout"]), numeric_text
+    ),
     st.tuples(
         st.sampled_from(["--namespace", "--http", "--http-allow-host", "--log-format", "--external"]),
         st.one_of(argv_text, interesting),
     ),
     st.tuples(st.just("--worker"), st.sampled_from(SAFE_WORKERS)),
-    st.tuples(st.sampled_from(["--in-memory", "--no-demo", "--http-allow-remote", "--detach"])),
+    st.tuples(st.sampled_from(["--in-memory", "--no-ui", "--no-demo", "--http-allow-remote", "--detach"])),
 )
 ENV_KEYS = (
     *(k for k in _DEV_KEYS if k not in ("binary", "db_filename")),

@@ -117,6 +117,9 @@ def status(state_dir: Path, *, as_json: bool) -> int:
         http = report.get("http")
         if isinstance(http, dict):
             print(f"  endpoint {http.get('url')} (/healthz /readyz /status /metrics)")
+        ui = report.get("ui")
+        if isinstance(ui, dict):
+            print(f"  web UI {ui.get('url')}")
     elif server:
         print(
             f"not running: but an orphaned dev server (pid {server['pid']}, {server['address']}) is alive; "
@@ -197,7 +200,9 @@ def _already_running(state_dir: Path, port: int | None = None, wait: bool = True
         print(f"already running (state dir {state_dir})")
         return EXIT_OK
     address = daemon.extra.get("address")
-    print(f"already running: daemon pid {daemon.pid}, address {address}")
+    ui = (daemon.extra.get("status") or {}).get("ui")
+    web = f", web UI {ui.get('url')}" if isinstance(ui, dict) else ""
+    print(f"already running: daemon pid {daemon.pid}, address {address}{web}")
     if port is not None and isinstance(address, str) and not address.endswith(f":{port}"):
         say(f"note: the running daemon keeps its own settings (address {address}); `restart` to apply --port")
     return EXIT_OK
@@ -329,9 +334,10 @@ def _detach(settings: Settings) -> int | None:
     if event == "ready":
         elapsed = time.monotonic() - began
         endpoint = f", endpoint {message['http']}" if message.get("http") else ""
+        ui = f", web UI {message['ui']}" if message.get("ui") else ""
         print(
             f"running: dev server {message.get('address')}, daemon pid {message.get('pid')}"
-            f"{endpoint}, ready in {elapsed:.2f} s"
+            f"{endpoint}{ui}, ready in {elapsed:.2f} s"
         )
         return EXIT_OK
     if event == "already-running":

@@ -14,8 +14,9 @@
 # the process is ours. A server from a record is adopted, replaced or stopped only once `proof_problem`
 # finds nothing: it holds this state dir's devserver.lock (handed over at spawn; the kernel says so, not
 # the record), runs the binary its command line names, and that command line is a `server start-dev` we
-# would spawn here (127.0.0.1, the recorded port, its db in this state dir or the configured one). It is
-# adopted only if this configuration would spawn exactly that command (the random side ports aside).
+# would spawn here (127.0.0.1, its Web UI too, the recorded port, its db in this state dir or the configured
+# one). It is adopted only if this configuration would spawn exactly that command (the random side ports
+# aside: http, metrics, and a Web UI port left to chance).
 # Before a server is called ready, the socket listening on its port must be one of its own.
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import psutil
@@ -141,6 +142,8 @@ def proof_problem(
         return "its command line is not `temporal server start-dev`"
     if _option(argv, "--ip") != "127.0.0.1":
         return "it does not listen on 127.0.0.1 only"
+    if "--headless" not in argv and _option(argv, "--ui-ip") != "127.0.0.1":
+        return "its Web UI does not listen on 127.0.0.1 only"
     if _option(argv, "--port") != port:
         return f"its command line does not say --port {port}"
     db = _option(argv, "--db-filename")
@@ -212,19 +215,24 @@ def _port_holder(port: int) -> str:
     return "a process we cannot see"
 
 
-def check_port_free(port: int) -> None:
-    """Raise PortInUse naming the port (and its holder, where it can be known) if it cannot be bound."""
+def check_port_free(port: int, *, ui: bool = False) -> None:
+    """Raise PortInUse naming the port (and its holder, where it can be known) if it cannot be bound;
+    `ui`: the port is the Web UI's (the error names --ui-port and --no-ui)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"port {port} on 127.0.0.1 is already in use by {_port_holder(port)}, which is not "
-                    "our dev server; stop it or choose another port (--port)"
-                ) from None
-            raise
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            what, advice = "port", "choose another port (--port)"
+            if ui:
+                what = "the Web UI's port"
+                advice = "choose another with --ui-port N (0: a free port), or run without it (--no-ui)"
+            raise PortInUse(
+                f"{what} {port} on 127.0.0.1 is already in use by {_port_holder(port)}, which is not our "
+                f"dev server; stop it or {advice}"
+            ) from None
 
 
 class ServerProcess(Protocol):
@@ -244,7 +252,7 @@ class ServerProcess(Protocol):
 @attrs.frozen
 class Launch:
     """A server we spawned: the process (our child: its exit is waited on, never polled), who it is
-    (the identity devserver.json records), its ports (grpc, http, metrics)."""
+    (the identity devserver.json records), its ports (grpc, http, metrics, and ui with a Web UI)."""
 
     proc: ServerProcess
     identity: ProcessIdentity
@@ -362,20 +370,35 @@ class DevServer:
 
     def _same_settings(self, record: PidRecord) -> bool:
         """Was the recorded server started with the command this configuration would spawn? Its
-        random side ports aside: a configured http/metrics port must match, an unset one may be any."""
-        config = self.config
+        random side ports aside: a configured (or derived) http/metrics/ui port must match, one left
+        to chance may be any."""
         recorded = record.extra.get("ports")
         if not isinstance(recorded, dict):
             return False
         try:
-            ports = {
-                "grpc": config.port,
-                "http": config.http_port or int(recorded["http"]),
-                "metrics": config.metrics_port or int(recorded["metrics"]),
-            }
-            return tuple(self.command(ports)) == record.cmdline
+            return tuple(self.command(self.ports(recorded))) == record.cmdline
         except (KeyError, TypeError, ValueError, DevServerError):
             return False
+
+    def ports(self, side: Mapping[str, Any] | None = None) -> dict[str, int]:
+        """The ports a server of this configuration runs on: grpc, http, metrics and (with a Web UI) ui.
+        A port left to chance (http, metrics, ui 0) is the one in `side` (a record's), else a free one."""
+        config = self.config
+
+        def pick(name: str, configured: int | None) -> int:
+            if configured:
+                return configured
+            return int(side[name]) if side is not None else free_port()
+
+        ports = {
+            "grpc": config.port,
+            "http": pick("http", config.http_port),
+            "metrics": pick("metrics", config.metrics_port),
+        }
+        ui = config.effective_ui_port
+        if ui is not None:
+            ports["ui"] = pick("ui", ui)
+        return ports
 
     async def _replace(self, record: PidRecord, identity: ProcessIdentity) -> None:
         """Stop a server of ours that this configuration would not have spawned (say, an in-memory one
@@ -398,12 +421,17 @@ class DevServer:
         return True
 
     def command(self, ports: dict[str, int]) -> list[str]:
-        """The server's command line on `ports` (grpc, http, metrics) for this configuration."""
+        """The server's command line on `ports` (grpc, http, metrics; ui with a Web UI) for this
+        configuration. The Web UI listens on 127.0.0.1 and never fetches its news feed (offline)."""
         config = self.config
+        headless, ui = ["--headless"], []
+        if config.ui:
+            headless = []
+            ui = ["--ui-ip", "127.0.0.1", "--ui-port", str(ports["ui"]), "--ui-disable-news-fetch"]
         command = [
-            str(find_binary(config.binary)), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+            str(find_binary(config.binary)), "server", "start-dev", *headless, "--ip", "127.0.0.1",
             "--port", str(ports["grpc"]), "--http-port", str(ports["http"]),
-            "--metrics-port", str(ports["metrics"]), "--log-format", "json",
+            "--metrics-port", str(ports["metrics"]), *ui, "--log-format", "json",
         ]  # fmt: skip
         for setting in config.dynamic_config:  # eager start, transfer-queue rate: see _core/_config.py
             command += ["--dynamic-config-value", setting]
@@ -439,11 +467,9 @@ class DevServer:
         """
         config = self.config
         check_port_free(config.port)
-        ports = {
-            "grpc": config.port,
-            "http": config.http_port or free_port(),
-            "metrics": config.metrics_port or free_port(),
-        }
+        if config.effective_ui_port:  # configured or derived (0: a free one is picked below)
+            check_port_free(config.effective_ui_port, ui=True)
+        ports = self.ports()
         command = self.command(ports)
         launcher = [_SHELL, "-c", _GATE, *command]
         env = server_env(os.environ, self.paths.home, config.env)

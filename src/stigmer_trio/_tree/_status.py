@@ -1,6 +1,7 @@
 # The status board: what the runtime reports about itself (Runtime.status(), GET /status, runtime.json),
 # kept current by one event hook. Reads the connection cell, the worker statuses and the dev server's
-# current info; counts dev-server restarts and remembers the last error and the endpoint's URL.
+# current info (its Web UI's port too); counts dev-server restarts and remembers the last error and the
+# endpoint's URL.
 # Rule: reading it never blocks and never does I/O; it writes nothing but its own counters.
 from __future__ import annotations
 
@@ -66,13 +67,16 @@ class StatusBoard:
             self.http_url = event.value
 
     def status(self) -> dict[str, Any]:
-        """A JSON-able snapshot: connection, workers, dev server, endpoint; ready = CONNECTED and every
-        worker polling on the current epoch."""
+        """A JSON-able snapshot: connection, workers, dev server, endpoint, Web UI; ready = CONNECTED
+        and every worker polling on the current epoch. `ui` is the dev server's Web UI while a server
+        with one is ready (None without a UI, in external mode, and while no server is ready)."""
         now = time.time()
         workers = [w.snapshot() for w in self._workers.values()]
         dev_server: dict[str, Any] | None = None
+        ui_port: int | None = None
         if self.config.dev_server is not None:
             server = self._devserver.info if self._devserver is not None else None
+            ui_port = server.ports.get("ui") if server else None
             dev_server = {
                 "pid": server.pid if server else None,
                 "address": server.address if server else self.config.dev_server.address,
@@ -98,5 +102,6 @@ class StatusBoard:
             "connection": self._cell.snapshot(),
             "workers": workers,
             "http": None if self.http_url is None else {"url": self.http_url},
+            "ui": None if ui_port is None else {"url": f"http://127.0.0.1:{ui_port}"},
             "outbox": None if self._outbox is None else self._outbox.snapshot(),
         }
