@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         HttpConfig,
         OutboxConfig,
         RuntimeConfig,
+        TlsConfig,
         WorkerSpec,
     )
     from ._core._errors import (
@@ -63,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "DevServerConfig": "._core._config",
     "HttpConfig": "._core._config",
     "RuntimeConfig": "._core._config",
+    "TlsConfig": "._core._config",
     "WorkerSpec": "._core._config",
     "ConfigError": "._core._errors",
     "DevServerError": "._core._errors",
@@ -155,6 +157,7 @@ __all__ = [
     "SubmissionsQueued",
     "Supervisor",
     "TemporalUnavailable",
+    "TlsConfig",
     "WorkerSpec",
     "WorkerStateChanged",
     "WorkflowAlreadyStarted",

@@ -51,6 +51,7 @@ PUBLIC = [
     "SubmissionsQueued",
     "Supervisor",
     "TemporalUnavailable",
+    "TlsConfig",
     "WorkerSpec",
     "WorkerStateChanged",
     "WorkflowAlreadyStarted",

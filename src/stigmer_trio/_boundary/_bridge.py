@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .._core._config import WorkerSpec
     from .._core._outbox import NewEntry
     from ._temporal import Client, Worker, WorkflowHandle
+    from ._tls import TlsMaterial
 
 __all__ = ["Bridge", "temporal_bridge"]
 
@@ -30,7 +31,7 @@ class Bridge(Protocol):
         namespace: str,
         *,
         timeout: float,
-        tls: bool | None = None,  # None: on exactly when an api_key is given
+        tls: bool | TlsMaterial | None = None,  # None: on exactly when an api_key is given
         api_key: str | None = None,
     ) -> Client: ...
 

@@ -28,12 +28,13 @@ from temporalio.common import RetryPolicy, WorkflowIDConflictPolicy, WorkflowIDR
 from temporalio.converter import DataConverter
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 from temporalio.worker import Worker
 from temporalio.workflow import _Definition
 
 from .._core._errors import SubmissionFailed, TemporalUnavailable, WorkflowAlreadyStarted
 from .._core._names import DEMO_TASK_QUEUE, NO_ARG
+from ._tls import TlsMaterial
 
 if TYPE_CHECKING:
     from .._core._config import WorkerSpec
@@ -121,17 +122,64 @@ def sdk_runtime() -> Runtime:
 
 
 async def connect(
-    address: str, namespace: str, *, timeout: float, tls: bool | None = None, api_key: str | None = None
+    address: str,
+    namespace: str,
+    *,
+    timeout: float,
+    tls: bool | TlsMaterial | None = None,
+    api_key: str | None = None,
 ) -> Client:
     """Client.connect bounded by `timeout` (the SDK alone waits 30 s on a hung server). `tls` None: on
     exactly when an api_key is given (never a bearer token in cleartext by default); ConnectionConfig
-    decides it the same way and refuses tls=False with an api_key unless plaintext_api_key is set."""
+    decides it the same way and refuses tls=False with an api_key unless plaintext_api_key is set.
+    TlsMaterial: the PEM bytes the caller read for this connect (a CA, a client certificate and key)."""
     if tls is None:
         tls = api_key is not None
+    sdk_tls: bool | TLSConfig
+    if isinstance(tls, TlsMaterial):
+        sdk_tls = TLSConfig(
+            server_root_ca_cert=tls.ca,
+            client_cert=tls.cert,
+            client_private_key=tls.key,
+            domain=tls.server_name,
+        )
+    else:
+        sdk_tls = tls
     call = functools.partial(
-        Client.connect, address, namespace=namespace, tls=tls, api_key=api_key, runtime=sdk_runtime()
+        Client.connect, address, namespace=namespace, tls=sdk_tls, api_key=api_key, runtime=sdk_runtime()
     )
-    return await _call(call, timeout=timeout, what="connect to", address=address)
+    try:
+        return await _call(call, timeout=timeout, what="connect to", address=address)
+    except TemporalUnavailable as exc:
+        hint = _tls_hint(str(exc), client_cert=isinstance(tls, TlsMaterial) and tls.cert is not None)
+        if not tls or hint is None:
+            raise
+        raise TemporalUnavailable(f"{exc} ({hint})") from exc
+
+
+# What the SDK's TLS errors (rustls, through tonic) mean, said in our settings' words.
+_TLS_HINTS = (
+    ("(UnknownIssuer)", "the server's certificate is not signed by a CA we trust: tls ca_file / --tls-ca"),
+    ("(NotValidForName", "the server's certificate does not name this host: tls server_name"),
+    ("(Expired", "the server's certificate has expired"),
+)
+
+
+def _tls_hint(message: str, *, client_cert: bool) -> str | None:
+    for marker, hint in _TLS_HINTS:
+        if marker in message:
+            return hint
+    # TLS 1.3: the client's handshake is done before the server has judged its (missing) certificate;
+    # the refusal shows as the first call's transport error (an EOF, a broken pipe, a closed connection).
+    refused = "CertificateRequired" in message or (
+        "call error after connection" in message and "tonic::transport::Error" in message
+    )
+    if refused and not client_cert:
+        return (
+            "the server closed the connection after the TLS handshake: it may require a client "
+            "certificate (mTLS), and none was given: tls cert_file and key_file / --tls-cert and --tls-key"
+        )
+    return None
 
 
 _TCP_PROBE_TIMEOUT = 0.5

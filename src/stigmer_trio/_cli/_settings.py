@@ -25,6 +25,9 @@ __all__ = ["Settings", "full_config", "load_toml", "load_worker_specs", "resolve
 
 ENV_PREFIX = "STIGMER_TRIO_"
 INTERNAL_ENV_PREFIX = "STIGMER_TRIO_INTERNAL_"  # the detach protocol's, never settings
+# The Temporal SDK's environment configuration (TEMPORAL_ADDRESS, TEMPORAL_API_KEY, ...): read in external
+# mode only, below our own settings; it travels to a detached daemon with ours (a pipe, never argv).
+TEMPORAL_ENV_PREFIX = "TEMPORAL_"
 
 
 def load_toml(path: str | None) -> dict[str, Any]:
@@ -83,7 +86,9 @@ class Settings:
         flags = {name: value for name, value in vars(args).items() if name != "command"}
         flags["state_dir"] = str(state_dir)
         ours = {
-            k: v for k, v in env.items() if k.startswith(ENV_PREFIX) and not k.startswith(INTERNAL_ENV_PREFIX)
+            k: v
+            for k, v in env.items()
+            if k.startswith((ENV_PREFIX, TEMPORAL_ENV_PREFIX)) and not k.startswith(INTERNAL_ENV_PREFIX)
         }
         return cls(flags, ours, file)
 
@@ -107,7 +112,8 @@ class Settings:
         )
 
     def __repr__(self) -> str:
-        return f"Settings(flags={self.flags!r}, env={self.env!r}, file={self.file!r})"
+        env = {k: "<hidden>" if k.startswith(TEMPORAL_ENV_PREFIX) else v for k, v in self.env.items()}
+        return f"Settings(flags={self.flags!r}, env={env!r}, file={self.file!r})"
 
 
 def full_config(settings: Settings, *, create: bool = True) -> RuntimeConfig:
@@ -116,7 +122,9 @@ def full_config(settings: Settings, *, create: bool = True) -> RuntimeConfig:
     modules and (with `create`) creates the state dir."""
     import attrs
 
+    from .._boundary._envprofile import load_temporal_profile
     from .._boundary._statefiles import ensure_state_dir
+    from .._boundary._tls import check_files, reads_files
     from .._core._config import HttpConfig, http_options, is_loopback, resolve
     from .._core._errors import ConfigError
 
@@ -136,7 +144,11 @@ def full_config(settings: Settings, *, create: bool = True) -> RuntimeConfig:
             flags={**flags, "workers": specs},
             env=env,
             file={k: v for k, v in file.items() if k != "workers"},
+            load_profile=lambda name: load_temporal_profile(name, env),
         )
+        if config.connection is not None and reads_files(config.connection):
+            # TLS and API-key files: readable and safe now (exit 2 otherwise), absolute for the daemon
+            config = attrs.evolve(config, connection=check_files(config.connection))
         if (
             flags.get("demo_worker") is None
             and "STIGMER_TRIO_DEMO_WORKER" not in env

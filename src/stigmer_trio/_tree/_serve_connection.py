@@ -11,6 +11,8 @@
 # connection counts only once the socket listening on the address is the ready server's own (its pid,
 # from ServerReady): another local process that bound the port (say, in a restart gap) is never CONNECTED.
 # That check reads /proc (~0.1-3 ms, with the number of sockets on the host): once per connect, in a thread.
+# TLS files and an API-key file are read again at every connect (in a thread): a rotation is picked up at
+# the next reconnect; a file that became unreadable or unsafe fails that attempt (DISCONNECTED, its reason).
 from __future__ import annotations
 
 import random
@@ -20,8 +22,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from .._boundary._holdings import listens_on
+from .._boundary._tls import TlsMaterial, connect_material, reads_files
 from .._core._config import ConnectionConfig
-from .._core._errors import TemporalUnavailable
+from .._core._errors import ConfigError, TemporalUnavailable
 from .._core._events import ConnectionState, HealthChecked
 from ._cell import ConnectionCell, Poke
 from ._hub import EventHub
@@ -69,15 +72,16 @@ async def serve_connection(
             client = None
             try:
                 with cell.server_scope(), trio.fail_after(config.connect_timeout):
+                    tls, api_key = await _connect_material(config)
                     client = await temporal.connect(
                         config.address,
                         config.namespace,
                         timeout=config.connect_timeout,
-                        tls=config.tls,
-                        api_key=config.api_key,
+                        tls=tls,
+                        api_key=api_key,
                     )
                     await temporal.describe_namespace(client, config.namespace, timeout=config.health_timeout)
-            except (TemporalUnavailable, trio.TooSlowError) as exc:
+            except (TemporalUnavailable, trio.TooSlowError, ConfigError) as exc:
                 cell.transition(ConnectionState.DISCONNECTED, str(exc) or "connect timed out")
                 if trio.current_time() - began >= config.connect_timeout:
                     # It ran out of time (a blackholed network, a hung server): that wait was the backoff.
@@ -122,6 +126,15 @@ async def _impostor(
     if await trio.to_thread.run_sync(owner_check, pid, port):
         return None
     return f"what answers at {config.address} is not the dev server (pid {pid}): refusing it"
+
+
+async def _connect_material(config: ConnectionConfig) -> tuple[bool | TlsMaterial, str | None]:
+    """This connect's TLS material and API key: the files are read again now, in a thread (a rotated
+    certificate or key is used from the next reconnect on); a config without files reads nothing.
+    ConfigError (an unreadable or unsafe file) fails the attempt like an unreachable server."""
+    if reads_files(config):
+        return await trio.to_thread.run_sync(connect_material, config)
+    return connect_material(config)
 
 
 def _current(cell: ConnectionCell, generation: int) -> bool:
