@@ -22,6 +22,8 @@ from stigmer_trio._core._config import resolve
 
 KEY = "api-key-0123456789"
 PEM = b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ib2R5\n-----END PRIVATE KEY-----\n"
+CA = b"-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----\n"
+CERT = b"-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n"
 
 
 def write(path: Path, data: bytes | str, mode: int = 0o600) -> Path:
@@ -103,25 +105,31 @@ class TestFiles:
     def test_public_files_may_be_world_readable(self, tmp_path: Path) -> None:
         """A CA and a certificate are public: 0644 is fine; the key 0600 too; all read as bytes."""
         tls = st.TlsConfig(
-            ca_file=write(tmp_path / "ca.pem", b"CA", 0o644),
-            cert_file=write(tmp_path / "c.pem", b"CERT", 0o644),
+            ca_file=write(tmp_path / "ca.pem", CA, 0o644),
+            cert_file=write(tmp_path / "c.pem", CERT, 0o644),
             key_file=write(tmp_path / "c.key", PEM),
             server_name="t.example",
         )
         material, api_key = connect_material(st.ConnectionConfig(tls=tls))
-        assert (TlsMaterial(ca=b"CA", cert=b"CERT", key=PEM, server_name="t.example"), None) == (
+        assert (TlsMaterial(ca=CA, cert=CERT, key=PEM, server_name="t.example"), None) == (
             material,
             api_key,
         )
 
     def test_files_are_read_at_each_call(self, tmp_path: Path) -> None:
         """Each connect reads the files again: a replaced CA is the next connect's CA."""
-        ca = write(tmp_path / "ca.pem", b"OLD", 0o644)
+        ca = write(tmp_path / "ca.pem", CA, 0o644)
         config = st.ConnectionConfig(tls=st.TlsConfig(ca_file=ca))
         first, _ = connect_material(config)
-        write(ca, b"NEW", 0o644)
+        write(ca, CERT, 0o644)
         second, _ = connect_material(config)
-        assert [b"OLD", b"NEW"] == [m.ca for m in (first, second) if isinstance(m, TlsMaterial)]
+        assert [CA, CERT] == [m.ca for m in (first, second) if isinstance(m, TlsMaterial)]
+
+    def test_a_file_that_is_not_pem_is_refused(self, tmp_path: Path) -> None:
+        """A CA file without a PEM block (say, DER, or the wrong file): refused, naming it."""
+        ca = write(tmp_path / "ca.der", b"0\x82\x01", 0o644)
+        with pytest.raises(st.ConfigError, match=r"^tls ca_file '.*ca.der' is not PEM"):
+            connect_material(st.ConnectionConfig(tls=st.TlsConfig(ca_file=ca)))
 
     def test_a_fifo_is_refused_without_hanging(self, tmp_path: Path) -> None:
         """A FIFO planted at the key's path is refused at once (never a blocking open)."""
@@ -158,7 +166,7 @@ class TestFiles:
         """What the CLI hands a daemon (which works in its state dir) has absolute paths."""
         monkeypatch.chdir(tmp_path)
         write(tmp_path / "k", KEY)
-        write(tmp_path / "ca.pem", b"CA", 0o644)
+        write(tmp_path / "ca.pem", CA, 0o644)
         config = check_files(st.ConnectionConfig(api_key_file="k", tls=st.TlsConfig(ca_file="ca.pem")))
         assert isinstance(config.tls, st.TlsConfig)
         assert (tmp_path / "k", tmp_path / "ca.pem") == (config.api_key_file, config.tls.ca_file)

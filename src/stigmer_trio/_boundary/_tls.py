@@ -69,11 +69,18 @@ def read_api_key(path: Path) -> str:
     return key
 
 
+def _pem(path: Path, field: str, *, secret: bool) -> bytes:
+    data = _read(path, field, secret=secret)
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{field} {str(path)!r} is not PEM (no '-----BEGIN ' line)")
+    return data
+
+
 def _load_tls(tls: TlsConfig) -> TlsMaterial:
     return TlsMaterial(
-        ca=_read(tls.ca_file, "tls ca_file", secret=False) if tls.ca_file else tls.ca_data,
-        cert=_read(tls.cert_file, "tls cert_file", secret=False) if tls.cert_file else tls.cert_data,
-        key=_read(tls.key_file, "tls key_file", secret=True) if tls.key_file else tls.key_data,
+        ca=_pem(tls.ca_file, "tls ca_file", secret=False) if tls.ca_file else tls.ca_data,
+        cert=_pem(tls.cert_file, "tls cert_file", secret=False) if tls.cert_file else tls.cert_data,
+        key=_pem(tls.key_file, "tls key_file", secret=True) if tls.key_file else tls.key_data,
         server_name=tls.server_name,
     )
 
