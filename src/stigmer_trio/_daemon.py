@@ -34,6 +34,7 @@ TYPE_CHECKING = False  # typing is not imported at run time: the CLI's hot paths
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._boundary._sdnotify import SystemdNotifier
     from ._core._config import RuntimeConfig
     from ._core._events import Event
     from ._observe._logfiles import RotatingLog
@@ -109,6 +110,7 @@ def status_report(state_dir: Path, now: float | None = None) -> tuple[bool, dict
         "connection": None,
         "workers": [],
         "http": None,
+        "ui": None,
     }
     if daemon_running(layout):
         daemon = daemon_record(layout)
@@ -274,7 +276,9 @@ def write_notification(fd: int) -> Notify:
 # --- running the daemon ---------------------------------------------------------------------------------
 
 
-async def _daemon(config: RuntimeConfig, status: StatusFile, notify: Notify) -> int:
+async def _daemon(
+    config: RuntimeConfig, status: StatusFile, notify: Notify, systemd: SystemdNotifier | None = None
+) -> int:
     import logging
     import signal
 
@@ -301,29 +305,47 @@ async def _daemon(config: RuntimeConfig, status: StatusFile, notify: Notify) -> 
                         logger.info("received %s: stopping, leaving the dev server running", signum)
                     else:
                         logger.info("received %s: stopping", signal.Signals(signum).name)
+                    if systemd is not None:
+                        systemd.stopping(f"stopping ({signal.Signals(signum).name})")
                     nursery.cancel_scope.cancel(reason=f"signal {signum}")
                     return
 
             async def run_tree() -> None:
                 nonlocal failure
                 try:
-                    async with open_runtime(config, hooks=(status.on_event,)) as runtime:
+                    hooks = (status.on_event,) if systemd is None else (status.on_event, systemd.on_event)
+                    async with open_runtime(config, hooks=hooks) as runtime:
                         status.runtime = runtime
                         status.write()
                         with trio.move_on_after(READY_WAIT):
                             await runtime.wait_ready(give_up_when_disconnected=True)
                         elapsed = trio.current_time() - began
                         ready = runtime.status()["ready"]
-                        logger.info("%s after %.3f s", "ready" if ready else "started, not ready", elapsed)
+                        ui = (runtime.status().get("ui") or {}).get("url")  # the dev server's Web UI
+                        logger.info(
+                            "%s after %.3f s%s",
+                            "ready" if ready else "started, not ready",
+                            elapsed,
+                            f"; web UI {ui}" if ui else "",
+                        )
                         notify(
                             {
                                 "event": "ready" if ready else "started",
                                 "pid": os.getpid(),
                                 "address": runtime.status()["address"],
                                 "http": runtime.http_url,
+                                "ui": ui,
                                 "elapsed": elapsed,
                             }
                         )
+                        if systemd is not None:  # READY=1 also when only started: systemd must not
+                            # kill a daemon that keeps reconnecting to a Temporal that is down
+                            systemd.ready(
+                                f"ready: Temporal at {runtime.status()['address']}"
+                                if ready
+                                else f"running, not ready: Temporal at {runtime.status()['address']} "
+                                "does not answer; reconnecting"
+                            )
                         _freeze_startup_objects()
                         await trio.sleep_forever()
                 except* StigmerError as group:
@@ -332,10 +354,14 @@ async def _daemon(config: RuntimeConfig, status: StatusFile, notify: Notify) -> 
 
             nursery.start_soon(stop_on_signal)
             nursery.start_soon(run_tree)
+            if systemd is not None:  # WATCHDOG=1 from this loop: a wedged loop stops them
+                nursery.start_soon(systemd.serve_watchdog)
     if failure is not None:
         status.last_error = str(failure)
         if not isinstance(failure, RestartLimitExceeded):  # that one was logged as an event already
             logger.error("%s", failure)
+        if systemd is not None:
+            systemd.stopping(f"failed: {failure}")
         with contextlib.suppress(Exception):
             status.write()
         notify({"event": "error", "message": str(failure)})
@@ -394,10 +420,15 @@ def daemon_main(config: RuntimeConfig, notify: Notify) -> int:
     bounds the tree's stop); SIGUSR1 too, leaving a healthy dev server running for the next daemon to
     adopt. The daemon owns its process: its working directory becomes the state dir (the config's
     paths are made absolute first) and its soft RLIMIT_NOFILE is raised to the hard limit.
+    Under systemd ($NOTIFY_SOCKET) it sends READY=1, STATUS=, WATCHDOG=1 and STOPPING=1 (see
+    _boundary/_sdnotify.py) and takes systemd's variables out of the environment.
     The caller must leave with os._exit(code): temporalio can crash the interpreter at exit.
     """
     import trio
 
+    from ._boundary._sdnotify import SystemdNotifier
+
+    systemd = SystemdNotifier.from_environ(os.environ)
     config = _absolute_paths(config)
     ensure_state_dir(config.state_dir)
     os.chdir(config.state_dir)  # hold no user directory; relative paths in a worker's code mean the state dir
@@ -405,12 +436,14 @@ def daemon_main(config: RuntimeConfig, notify: Notify) -> int:
     lock = FileLock(StateLayout(config.state_dir).runtime_lock)
     if not lock.acquire():
         lock.release()
+        if systemd is not None:
+            systemd.status(f"another daemon runs in {config.state_dir}: exiting")
         notify({"event": "already-running"})
         return 0
     status = StatusFile(config)
     try:
         status.write()
-        return trio.run(_daemon, config, status, notify)
+        return trio.run(_daemon, config, status, notify, systemd)
     except KeyboardInterrupt:
         return 130
     finally:

@@ -27,15 +27,22 @@ ALLOWED = {
     "daemon": {"core", "boundary", "observe", "tree", "runtime", "daemon"},
     "cli": {"core", "boundary", "observe", "tree", "runtime", "daemon", "cli"},
     "testing": {"core", "testing"},
+    # the pytest plugin: the session's daemon (process identity, state files) and runtimes against it
+    "plugin": {"core", "boundary", "runtime", "testing", "plugin"},
 }
 # Third-party packages a layer may not import, whatever its place.
 FOREIGN_BANNED = {
     "core": {"trio", "trio_asyncio", "temporalio", "psutil", "prometheus_client", "hypercorn"},
     "observe": {"trio", "trio_asyncio", "temporalio", "psutil"},
 }
-# The only importers of temporalio: the bridge, and the demo's workflow definitions (the workflow
-# sandbox re-imports that module, so it cannot be the bridge, which imports trio).
-TEMPORALIO_IMPORTERS = {"stigmer_trio._boundary._temporal", "stigmer_trio._boundary._demo"}
+# The only importers of temporalio: the bridge, the demo's workflow definitions (the workflow
+# sandbox re-imports that module, so it cannot be the bridge, which imports trio), and the SDK's
+# environment configuration (temporalio.envconfig, read by the CLI before any trio or bridge exists).
+TEMPORALIO_IMPORTERS = {
+    "stigmer_trio._boundary._temporal",
+    "stigmer_trio._boundary._demo",
+    "stigmer_trio._boundary._envprofile",
+}
 # Tree modules every child may share; the rest of the tree (build table, status board) wires children.
 TREE_SHARED = {"_supervisor", "_hub", "_cell"}
 STATE_FILES = ("runtime.json", "runtime.lock", "devserver.json", "devserver.lock", "daemon.log",
@@ -69,6 +76,7 @@ def layer(module: str) -> str:
         "__main__": "cli",
         "testing": "testing",
         "_faultproxy": "testing",
+        "_testing_plugin": "plugin",
         "__init__": "package",
     }[first]
 

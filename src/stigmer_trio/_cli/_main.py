@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from .._version import __version__
-from . import _commands, _queue
+from . import _commands, _queue, _systemd
 from ._common import EXIT_OK, EXIT_USAGE, PROG, UsageError, say
 from ._settings import Settings, full_config, load_toml, resolve_state_dir
 
@@ -108,10 +108,23 @@ def _add_up_options(parser: argparse.ArgumentParser) -> None:
         help="no db file: state dies with it",
     )
     parser.add_argument(
-        "--external",
-        metavar="HOST:PORT",
-        help="no dev server: connect to this Temporal (scale out: many runtimes, one task queue)",
+        "--ui-port",
+        type=int,
+        metavar="N",
+        help="the dev server's Web UI on 127.0.0.1:N (default: --port + 1000, 8233; 0: a free port)",
     )
+    parser.add_argument(
+        "--no-ui", action="store_const", const=False, dest="ui", help="no Web UI (a headless dev server)"
+    )
+    parser.add_argument(
+        "--external",
+        nargs="?",
+        const=True,
+        metavar="HOST:PORT",
+        help="no dev server: connect to this Temporal (scale out: many runtimes, one task queue); without "
+        "HOST:PORT, the address of --profile / TEMPORAL_ADDRESS",
+    )
+    _add_connection_options(parser)
     parser.add_argument(
         "--worker",
         action="append",
@@ -153,6 +166,30 @@ def _add_up_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only validate the settings (file, environment, flags, --worker modules): exit 0 or 2; "
         "starts, stops and creates nothing",
+    )
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """With --external: TLS, the API key (a file: never a key on the command line) and the Temporal
+    SDK's environment profile (TEMPORAL_* variables, temporal.toml), which ours override."""
+    parser.add_argument(
+        "--profile", metavar="NAME", help="with --external: this temporal.toml profile (TEMPORAL_PROFILE)"
+    )
+    parser.add_argument(
+        "--tls", action="store_const", const=True, help="with --external: TLS with the system roots"
+    )
+    parser.add_argument("--tls-ca", metavar="FILE", help="with --external: verify the server with this CA")
+    parser.add_argument("--tls-cert", metavar="FILE", help="with --external: client certificate (mTLS)")
+    parser.add_argument(
+        "--tls-key", metavar="FILE", help="with --external: its private key (refused if others can read it)"
+    )
+    parser.add_argument(
+        "--tls-server-name", metavar="NAME", help="with --external: the name on the server's certificate"
+    )
+    parser.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="with --external: the API key, read at each connect (mode 600; turns TLS on)",
     )
 
 
@@ -220,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument(
         "--limit", type=_whole("--limit"), default=_queue.LIST_LIMIT, metavar="N", help="at most N entries"
     )
+    unit = commands.add_parser(
+        "systemd-unit", help="print a systemd unit that runs `up` as a Type=notify service (with a watchdog)"
+    )
+    _add_location(unit)
+    unit.add_argument(
+        "--user",
+        action="store_true",
+        help="a user unit (systemctl --user; WantedBy=default.target) instead of a system unit run as you",
+    )
     return parser
 
 
@@ -238,6 +284,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return _commands.detached_daemon(handover)  # a daemon `up --detach` started: settings handed
         file = load_toml(args.config)
         state_dir = resolve_state_dir(args.state_dir, env, file)
+        if args.command == "systemd-unit":
+            return _systemd.systemd_unit(state_dir, args.config, env, file, user_unit=args.user)
         if getattr(args, "check", False):  # up/restart --check: resolve everything, touch nothing
             config = full_config(Settings.gather(args, env, file, state_dir), create=False)
             print(f"settings OK: state dir {config.state_dir}")
@@ -271,6 +319,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return _commands.logs(state_dir, lines=args.lines, follow=args.follow, devserver=args.devserver)
         if args.command == "stop":
             return _commands.stop(state_dir, args.timeout)
+        if (args.command == "restart" or args.detach) and env.get("NOTIFY_SOCKET"):
+            # systemd waits for READY=1 from the process it started, which `--detach` leaves at once
+            which = "restart" if args.command == "restart" else "--detach"
+            raise UsageError(
+                f"{which}: NOTIFY_SOCKET is set (a Type=notify systemd service): run `up` in the "
+                f"foreground (see `{PROG} systemd-unit`) and restart it with `systemctl restart`"
+            )
         if args.command == "restart":
             return _commands.restart(args, env, file, state_dir)
         return _commands.up(args, env, file, state_dir)

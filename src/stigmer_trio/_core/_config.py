@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "HttpConfig",
     "OutboxConfig",
     "RuntimeConfig",
+    "TlsConfig",
     "WorkerSpec",
     "http_options",
     "parse_http",
@@ -106,6 +107,15 @@ def _port(*, optional: bool = False, zero: bool = False) -> Any:
             raise ConfigError(f"{attribute.name} must be a port number {low}-65535, got {value!r}")
 
     return check
+
+
+def _ui_port(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(
+            f"ui_port (--ui-port) must be a port number 0-65535 (0: a free port), got {value!r}"
+        )
 
 
 def _seconds(*, positive: bool = True, maximum: float = MAX_SECONDS) -> Any:
@@ -193,12 +203,18 @@ class DevServerConfig:
 
     `http_port` / `metrics_port` None: a free port is picked at each spawn. `persist` False runs the
     server in memory (every workflow is lost at a crash); by default the db lives in the state dir.
+    `ui` serves the server's Web UI on 127.0.0.1 at `ui_port`: None is the gRPC port + 1000 (8233 for
+    7233, as `temporal server start-dev` does), 0 a free port picked at each spawn.
     """
 
     binary: Path | None = attrs.field(default=None, converter=_as_path, validator=_optional_path)
     port: int = attrs.field(default=7233, validator=_port())
     http_port: int | None = attrs.field(default=None, validator=_port(optional=True))
     metrics_port: int | None = attrs.field(default=None, validator=_port(optional=True))
+    # The Web UI: on by default, like `temporal server start-dev`'s (a few MiB of RSS once used; the
+    # time to ready is unchanged).
+    ui: bool = attrs.field(default=True, validator=_bool)
+    ui_port: int | None = attrs.field(default=None, validator=_ui_port)
     namespaces: tuple[str, ...] = attrs.field(
         default=("default",), converter=_to_tuple, validator=_namespaces
     )
@@ -239,9 +255,30 @@ class DevServerConfig:
             if not isinstance(item, str) or "\0" in item:
                 raise ConfigError(f"dev_server.env[{key!r}] must be a string without NUL, got {item!r}")
 
+    def __attrs_post_init__(self) -> None:
+        ui = self.effective_ui_port
+        if ui is None or ui == 0:
+            return
+        if ui > 65535:
+            raise ConfigError(
+                f"ui_port: the Web UI's default port, the dev server's port {self.port} + 1000 = {ui}, is "
+                "above 65535; pass --ui-port N (ui_port; 0: a free port) or --no-ui (ui = false)"
+            )
+        for name in ("port", "http_port", "metrics_port"):
+            if getattr(self, name) == ui:
+                raise ConfigError(f"ui_port (--ui-port) {ui} is also the dev server's {name}; choose another")
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def effective_ui_port(self) -> int | None:
+        """The Web UI's port: None without a UI, 0 for a free port at each spawn, else the port (the
+        configured one, or the gRPC port + 1000)."""
+        if not self.ui:
+            return None
+        return self.port + 1000 if self.ui_port is None else self.ui_port
 
 
 # Two timeouts decide how long a workflow stalls when its worker dies without a goodbye (SIGKILL, OOM;
@@ -292,19 +329,70 @@ def _optional_str(instance: object, attribute: attrs.Attribute[Any], value: Any)
         raise ConfigError(f"{attribute.name} must be a non-empty string or None, got {value!r}")
 
 
+def _optional_pem(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, bytes) or not value):
+        raise ConfigError(f"{attribute.name} must be non-empty PEM bytes or None, got {type(value).__name__}")
+
+
+@attrs.frozen(kw_only=True)
+class TlsConfig:
+    """TLS beyond the system roots: a CA to verify the server with, a client certificate and key (mTLS),
+    the name to expect on the server's certificate. Files are read again at every (re)connect, so a
+    rotated certificate is used from the next reconnect on; a key file readable by group or others is
+    refused (as ssh does). `*_data`: the PEM itself instead of a file (a temporal.toml `data` entry or a
+    TEMPORAL_TLS_*_DATA variable); never shown in repr."""
+
+    ca_file: Path | None = attrs.field(default=None, converter=_as_path, validator=_optional_path)
+    cert_file: Path | None = attrs.field(default=None, converter=_as_path, validator=_optional_path)
+    key_file: Path | None = attrs.field(default=None, converter=_as_path, validator=_optional_path)
+    server_name: str | None = attrs.field(default=None, validator=_optional_str)
+    ca_data: bytes | None = attrs.field(default=None, validator=_optional_pem, repr=False)
+    cert_data: bytes | None = attrs.field(default=None, validator=_optional_pem, repr=False)
+    key_data: bytes | None = attrs.field(default=None, validator=_optional_pem, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        for kind in ("ca", "cert", "key"):
+            if getattr(self, f"{kind}_file") is not None and getattr(self, f"{kind}_data") is not None:
+                raise ConfigError(f"tls: give {kind}_file or {kind}_data, not both")
+        has_cert = self.cert_file is not None or self.cert_data is not None
+        has_key = self.key_file is not None or self.key_data is not None
+        if has_cert != has_key:
+            raise ConfigError(
+                "tls: a client certificate needs its key and a key its certificate (cert_file and "
+                f"key_file together), got {'only a certificate' if has_cert else 'only a key'}"
+            )
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files read at each connect."""
+        return tuple(p for p in (self.ca_file, self.cert_file, self.key_file) if p is not None)
+
+
+def _tls(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool | TlsConfig):
+        raise ConfigError(f"tls must be true, false or a TlsConfig, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class ConnectionConfig:
     """The Temporal client connection: any address (external mode), TLS and API key included.
 
-    `tls` defaults to on when an `api_key` is set (off otherwise); an api_key over plaintext
+    `tls`: True (the system roots), a TlsConfig (CA, client certificate, server name) or False; it
+    defaults to on when an `api_key` or `api_key_file` is set (off otherwise). An API key over plaintext
     (`tls=False`) is refused unless `plaintext_api_key=True` says so: it would travel in cleartext.
+    `api_key_file` is read at every (re)connect (a rotated key is used from the next one on) and refused
+    when group or others can read it.
     """
 
     address: str = attrs.field(default="127.0.0.1:7233", validator=_address)
     namespace: str = attrs.field(default="default", validator=_namespace)
     api_key: str | None = attrs.field(default=None, validator=_optional_str, repr=False)
-    tls: bool = attrs.field(
-        default=attrs.Factory(lambda self: self.api_key is not None, takes_self=True), validator=_bool
+    api_key_file: Path | None = attrs.field(default=None, converter=_as_path, validator=_optional_path)
+    tls: bool | TlsConfig = attrs.field(
+        default=attrs.Factory(
+            lambda self: self.api_key is not None or self.api_key_file is not None, takes_self=True
+        ),
+        validator=_tls,
     )
     plaintext_api_key: bool = attrs.field(default=False, validator=_bool)
     health_interval: float = attrs.field(default=1.0, validator=_seconds())
@@ -321,7 +409,10 @@ class ConnectionConfig:
     policy: RestartPolicy = attrs.field(default=DEFAULT_CONNECTION_POLICY, validator=_policy)
 
     def __attrs_post_init__(self) -> None:
-        if self.api_key is not None and not self.tls and not self.plaintext_api_key:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ConfigError(f"connection to {self.address}: give api_key or api_key_file, not both")
+        has_key = self.api_key is not None or self.api_key_file is not None
+        if has_key and self.tls is False and not self.plaintext_api_key:
             raise ConfigError(
                 f"connection to {self.address}: tls=False would send the api_key in cleartext; "
                 "leave tls on (the default with an api_key) or set plaintext_api_key=True"
@@ -530,18 +621,18 @@ class RuntimeConfig:
 _DEV_KEYS = (
     "binary", "port", "http_port", "metrics_port", "namespaces", "persist", "db_filename",
     "start_timeout", "health_interval", "health_timeout", "failures_to_restart", "stop_timeout",
-    "log_max_bytes", "log_backups", "dynamic_config", "sqlite_pragmas",
+    "log_max_bytes", "log_backups", "dynamic_config", "sqlite_pragmas", "ui", "ui_port",
 )  # fmt: skip
 _FILE_KEYS = (
     "state_dir", "dev_server", "shutdown_timeout", "restart", "external", "demo_worker", "workers",
     "http", "http_allow_remote", "http_allow_hosts", "http_max_connections", "log_format", "log_max_bytes",
-    "log_backups", "outbox",
+    "log_backups", "outbox", "connection",
 )  # fmt: skip
 # [outbox] in the file, STIGMER_TRIO_OUTBOX_<KEY> in the environment; `enabled = false`: no queue.
 _OUTBOX_KEYS = ("enabled", "max_pending", "retain", "concurrency")
 _POLICY_KEYS = tuple(f.name for f in attrs.fields(RestartPolicy))
 _INT_KEYS = {
-    "port", "http_port", "metrics_port", "failures_to_restart", "log_max_bytes", "log_backups",
+    "port", "http_port", "metrics_port", "ui_port", "failures_to_restart", "log_max_bytes", "log_backups",
     "outbox_max_pending", "outbox_concurrency", "http_max_connections",
 }  # fmt: skip
 _FLOAT_KEYS = {
@@ -558,7 +649,7 @@ def _env_value(key: str, raw: str) -> Any:
             return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if key in ("persist", "demo_worker", "http_allow_remote", "outbox_enabled"):
+    if key in ("persist", "ui", "demo_worker", "http_allow_remote", "outbox_enabled"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
@@ -604,10 +695,13 @@ def resolve(
     flags: Mapping[str, Any],
     env: Mapping[str, str],
     file: Mapping[str, Any] | None = None,
+    load_profile: Callable[[str | None], Mapping[str, Any]] | None = None,
 ) -> RuntimeConfig:
     """Build the RuntimeConfig from flags > STIGMER_TRIO_* environment > TOML file > defaults.
 
     `flags` holds only the options the user gave (None values are ignored); `file` is the parsed TOML.
+    `load_profile(name)`: in external mode only, the Temporal SDK's environment configuration (the
+    TEMPORAL_* variables over a temporal.toml profile), below all of ours: see `_external_connection`.
     """
     file = file or {}
     _check_keys(file, _FILE_KEYS, "config file")
@@ -651,12 +745,14 @@ def resolve(
     dev_server = DevServerConfig(**dev)
     runtime: dict[str, Any] = {"state_dir": state_dir, "dev_server": dev_server}
     external = pick("external", file)
-    if external is not None:
+    if external is not None and external is not False:
         runtime["dev_server"] = None
-        try:
-            runtime["connection"] = ConnectionConfig(address=external, namespace=dev_server.namespaces[0])
-        except ConfigError:
-            raise ConfigError(f"external must be HOST:PORT, got {external!r}") from None
+        namespace = dev_server.namespaces[0] if "namespaces" in dev else None
+        runtime["connection"] = _external_connection(
+            external, namespace, flags=flags, env=env, file=file, load_profile=load_profile
+        )
+    else:
+        _refuse_connection_settings(flags=flags, env=env, file=file)
     demo = pick("demo_worker", file)
     if demo is not None:
         runtime["demo_worker"] = demo
@@ -704,3 +800,135 @@ def resolve_outbox(
         return OutboxConfig(**values) if enabled else None
     except ConfigError as exc:
         raise ConfigError(f"outbox {exc}") from None
+
+
+# --- the connection in external mode --------------------------------------------------------------------
+# Ours: --<flag> > STIGMER_TRIO_<KEY> > the file's [connection] / [connection.tls] table (the key there).
+_CONNECTION_SETTINGS = {
+    "profile": ("--profile", None), "api_key_file": ("--api-key-file", "api_key_file"),
+    "tls": ("--tls", "enabled"), "tls_ca": ("--tls-ca", "ca"), "tls_cert": ("--tls-cert", "cert"),
+    "tls_key": ("--tls-key", "key"), "tls_server_name": ("--tls-server-name", "server_name"),
+}  # fmt: skip
+_CONNECTION_FILE_KEYS = ("profile", "api_key_file", "tls")
+_TLS_FILE_KEYS = ("enabled", "ca", "cert", "key", "server_name")
+_YES = ("1", "true", "yes", "on")
+_NO = ("0", "false", "no", "off")
+
+
+def _connection_tables(file: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    table = _table(file.get("connection", {}), "[connection]")
+    _check_keys(table, _CONNECTION_FILE_KEYS, "[connection]")
+    tls = _table(table.get("tls", {}), "[connection.tls]")
+    _check_keys(tls, _TLS_FILE_KEYS, "[connection.tls]")
+    return table, tls
+
+
+def _connection_setting(
+    key: str,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    table: Mapping[str, Any],
+    tls: Mapping[str, Any],
+) -> Any:
+    """One of our connection settings: flag > STIGMER_TRIO_<KEY> > the file; None if not given."""
+    flag, file_key = _CONNECTION_SETTINGS[key]
+    name = f"STIGMER_TRIO_{key.upper()}"
+    raw = env.get(name)
+    if flags.get(key) is not None:
+        value = flags[key]
+    elif raw is not None and raw != "":
+        value = raw
+        if key == "tls":
+            if raw.strip().lower() not in (*_YES, *_NO):
+                raise ConfigError(f"{name} must be true or false, got {raw!r}")
+            value = raw.strip().lower() in _YES
+    else:
+        source = table if key in ("profile", "api_key_file") else tls
+        value = source.get(file_key or key)
+        flag = f"[connection{'' if source is table else '.tls'}] {file_key or key}"
+    if value is None:
+        return None
+    if key == "tls":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{flag} must be true or false, got {value!r}")
+    elif not isinstance(value, str | Path) or not str(value) or "\0" in str(value):
+        raise ConfigError(
+            f"{flag} must be a non-empty {'name' if key == 'profile' else 'path'}, got {value!r}"
+        )
+    return value
+
+
+def _refuse_connection_settings(
+    *, flags: Mapping[str, Any], env: Mapping[str, str], file: Mapping[str, Any]
+) -> None:
+    """Dev-server mode: the connection is the loopback dev server's; TLS settings there are a mistake."""
+    table, tls = _connection_tables(file)
+    for key, (flag, _) in _CONNECTION_SETTINGS.items():
+        if _connection_setting(key, flags, env, table, tls) is not None:
+            raise ConfigError(
+                f"{flag} (connection {key}) applies only to an external Temporal: add --external [HOST:PORT] "
+                "(the dev server is plaintext on 127.0.0.1)"
+            )
+
+
+def _external_connection(
+    external: Any,
+    namespace: str | None,
+    *,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    file: Mapping[str, Any],
+    load_profile: Callable[[str | None], Mapping[str, Any]] | None,
+) -> ConnectionConfig:
+    """The connection to an external Temporal. Precedence, per setting: our flags > STIGMER_TRIO_* >
+    our TOML file > TEMPORAL_* variables > the temporal.toml profile > defaults (the last two through
+    `load_profile`, the Temporal SDK's own environment configuration: a mapping with address, namespace,
+    api_key and tls {disabled, server_name, ca_file|ca_data, cert_file|cert_data, key_file|key_data}).
+    `external`: HOST:PORT, or True (a yes-word) for the address of the profile / TEMPORAL_ADDRESS."""
+    table, file_tls = _connection_tables(file)
+
+    def ours(key: str) -> Any:
+        return _connection_setting(key, flags, env, table, file_tls)
+
+    if isinstance(external, str) and external.strip().lower() in _YES:
+        external = True
+    if external is not True:
+        try:
+            _address(None, attrs.fields(ConnectionConfig).address, external)
+        except ConfigError:
+            raise ConfigError(f"external must be HOST:PORT, got {external!r}") from None
+    temporal = load_profile(ours("profile")) if load_profile is not None else {}
+    temporal_tls: Mapping[str, Any] = temporal.get("tls") or {}
+    settings: dict[str, Any] = {
+        "address": external if external is not True else temporal.get("address") or "127.0.0.1:7233",
+        "namespace": namespace or temporal.get("namespace") or "default",
+    }
+    key_file = ours("api_key_file")
+    if key_file is not None:
+        settings["api_key_file"] = key_file
+    elif temporal.get("api_key"):
+        settings["api_key"] = temporal["api_key"]
+    material: dict[str, Any] = {}
+    if (ca := ours("tls_ca")) is not None:
+        material["ca_file"] = ca
+    else:
+        material.update({k: temporal_tls[k] for k in ("ca_file", "ca_data") if temporal_tls.get(k)})
+    cert, key = ours("tls_cert"), ours("tls_key")
+    if cert is not None or key is not None:  # a pair: never our certificate with the profile's key
+        material.update(cert_file=cert, key_file=key)
+    else:
+        pair = ("cert_file", "cert_data", "key_file", "key_data")
+        material.update({k: temporal_tls[k] for k in pair if temporal_tls.get(k)})
+    server_name = ours("tls_server_name") or temporal_tls.get("server_name")
+    if server_name is not None:
+        material["server_name"] = server_name
+    enabled = ours("tls")
+    if enabled is False and any(ours(k) is not None for k in ("tls_ca", "tls_cert", "tls_key")):
+        raise ConfigError("tls is off (--tls false / enabled = false) but TLS files are given")
+    if enabled is None and not material and temporal_tls.get("disabled") is not None:
+        enabled = not temporal_tls["disabled"]
+    if enabled is not False and material:
+        settings["tls"] = TlsConfig(**material)
+    elif enabled is not None:
+        settings["tls"] = enabled
+    return ConnectionConfig(**settings)
