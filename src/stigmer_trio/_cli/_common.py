@@ -12,6 +12,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 
+LIST_LIMIT = 1000  # entries `queue` prints unless --limit says otherwise
+
 
 class UsageError(Exception):
     """A user mistake: one line on stderr, exit code 2, nothing touched."""

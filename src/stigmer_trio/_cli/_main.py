@@ -10,8 +10,8 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from .._version import __version__
-from . import _commands, _queue, _systemd
-from ._common import EXIT_OK, EXIT_USAGE, PROG, UsageError, say
+from . import _commands  # _queue and _systemd are imported by their commands: not on every command's path
+from ._common import EXIT_OK, EXIT_USAGE, LIST_LIMIT, PROG, UsageError, say
 from ._settings import Settings, full_config, load_toml, resolve_state_dir
 
 TYPE_CHECKING = False  # typing is not imported at run time: the hot paths stay lean
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--json", action="store_true", help="one JSON object: counts and entries")
     queue.add_argument("--state", choices=("pending", "failed", "started"), help="only entries in this state")
     queue.add_argument(
-        "--limit", type=_whole("--limit"), default=_queue.LIST_LIMIT, metavar="N", help="at most N entries"
+        "--limit", type=_whole("--limit"), default=LIST_LIMIT, metavar="N", help="at most N entries"
     )
     unit = commands.add_parser(
         "systemd-unit", help="print a systemd unit that runs `up` as a Type=notify service (with a watchdog)"
@@ -285,11 +285,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         file = load_toml(args.config)
         state_dir = resolve_state_dir(args.state_dir, env, file)
         if args.command == "systemd-unit":
+            from . import _systemd
+
             return _systemd.systemd_unit(state_dir, args.config, env, file, user_unit=args.user)
         if getattr(args, "check", False):  # up/restart --check: resolve everything, touch nothing
             config = full_config(Settings.gather(args, env, file, state_dir), create=False)
             print(f"settings OK: state dir {config.state_dir}")
             return EXIT_OK
+        if args.command in ("submit", "queue"):
+            from . import _queue
         if args.command == "submit":
             return _queue.submit(
                 state_dir,

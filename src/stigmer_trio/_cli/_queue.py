@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["queue", "submit"]
 
 WAIT_POLL = 0.02  # seconds between looks while `submit --wait` waits for the start
-LIST_LIMIT = 1000  # entries `queue` prints unless --limit says otherwise
 
 
 def _refuse_constant(name: str) -> Any:
