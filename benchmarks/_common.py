@@ -46,10 +46,20 @@ STARTED: dict[int, bool] = {}
 
 # --- small pure helpers ----------------------------------------------------------------------------------
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free port on 127.0.0.1 whose port + 1000 is free too: a dev server spawned by the runtime serves
+    its Web UI there by default."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            if port + 1000 > 65535:
+                continue
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as ui:
+                    ui.bind(("127.0.0.1", port + 1000))
+            except OSError:
+                continue
+            return port
 
 
 def pct(values: Sequence[float], q: float) -> float:

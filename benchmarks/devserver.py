@@ -65,6 +65,7 @@ CLI = [sys.executable, "-m", "stigmer_trio"]
 CONFIG = """\
 [dev_server]
 stop_timeout = 5.0
+ui = false
 
 [dev_server.restart]
 initial_delay = 0.0
@@ -512,7 +513,8 @@ class Bench:
                 f"rounds {self.rounds}; {os.cpu_count()} cores; python {sys.version.split()[0]}; "
                 f"state dir {self.state} (real clock, time.perf_counter); port {self.port}; load average "
                 f"(1 min) {self.load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after.",
-                "Daemon config: [dev_server.restart] initial_delay 0, jitter 0, reset_after 1.0, "
+                "Daemon config: [dev_server] ui = false (headless, like the floor); [dev_server.restart] "
+                "initial_delay 0, jitter 0, reset_after 1.0, "
                 f"max_restarts 1000; each server ran {STABLE:g} s (> reset_after) before its SIGKILL, "
                 "so every restart is attempt 1 = immediate.",
                 "Detection = SIGKILL until devserver.json disappears or runtime.json "
