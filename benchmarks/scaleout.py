@@ -410,9 +410,14 @@ class Scaleout:
                 for wid, step, attempt in flying
                 if not any((r["wid"], r["step"]) == (wid, step) and r["attempt"] > attempt for r in dones)
             )
+            healed = fault.get("healed")
+            back = [
+                r["t"] - healed for r in logs[victim] if r["event"] == "start" and healed and r["t"] > healed
+            ]
             out["faults"].append(
                 {
                     **fault,
+                    "back_after_heal": min(back, default=None),
                     "in_flight": len(flying),
                     "retried": len(retried),
                     "unbegun": unbegun,
@@ -512,6 +517,8 @@ class Scaleout:
                 f"<= {FAILOVER_TARGET:g}",
                 bool(values) and not fault["missing"] and max(values) <= FAILOVER_TARGET,
             )
+            if fault.get("back_after_heal") is not None:
+                timing.row(f"{label}: heal -> the victim began an activity again", [fault["back_after_heal"]])
             wf = fault["workflow"]
             timing.row(f"{label}: workflow cached there, fault -> it continues", wf["cached_resume"])
             timing.row(f"{label}:   that workflow task: first scheduled -> started", wf["cached_wait"])
