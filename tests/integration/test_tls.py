@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -43,10 +44,17 @@ def server_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     with open(home / "server.log", "wb") as log:
         server = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
     try:
+        wait_for(lambda: _accepts(port), 30.0, f"the dev server on port {port} listens")
         yield port
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # our child, not reaped yet: its pid and group are ours
         server.wait(10)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture

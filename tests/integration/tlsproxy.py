@@ -82,7 +82,11 @@ class TlsProxy:
             return
         self.handshakes += 1
         self.alpn.append(tls.selected_alpn_protocol())
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
+        try:
+            upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
+        except OSError as exc:  # the server is not (yet) listening: drop this client, as a terminator does
+            self.failures.append(f"upstream: {exc}")
+            return
         async with upstream, trio.open_nursery() as nursery:
 
             async def pump(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream) -> None:
