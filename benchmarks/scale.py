@@ -177,28 +177,48 @@ class Scale:
         self.round = 0
 
     def start_server(self) -> None:
-        from _common import free_port, popen_server, runtime_settings, start_dev_command
+        """The bare server, ready and still alive 1 s later. A dev server has been seen to panic while
+        it starts its internal worker service, after its frontend answered: then one more try."""
+        from _common import free_port, kill_popen, popen_server, runtime_settings, start_dev_command
 
         dynamic_config, _ = runtime_settings()
-        port = free_port()
-        command = start_dev_command(
-            port=port, http_port=free_port(), metrics_port=free_port(), db=None, dynamic_config=dynamic_config
-        )
         home = self.root / "home"
         home.mkdir()
-        self.server = popen_server(command, home, self.root / "server.log")
-        self.address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + READY_LIMIT
-        while True:
-            try:
-                asyncio.run(self._health())
+        for attempt in (1, 2):
+            port = free_port()
+            command = start_dev_command(
+                port=port,
+                http_port=free_port(),
+                metrics_port=free_port(),
+                db=None,
+                dynamic_config=dynamic_config,
+            )
+            self.server = popen_server(command, home, self.root / f"server-{attempt}.log")
+            self.address = f"127.0.0.1:{port}"
+            deadline = time.monotonic() + READY_LIMIT
+            while self.server.poll() is None:
+                try:
+                    asyncio.run(self._health())
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
+            time.sleep(1.0)
+            if self.server.poll() is None and self.server_alive():
                 return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the bare server is not ready; see {self.root / 'server.log'}"
-                    ) from None
-                time.sleep(0.1)
+            kill_popen(self.server)
+            self.notes.append(
+                f"the bare server (try {attempt}) died or never got ready; see server-{attempt}.log"
+            )
+        raise RuntimeError(f"the bare server did not stay up; see {self.root}/server-*.log")
+
+    def server_alive(self) -> bool:
+        try:
+            asyncio.run(self._health())
+            return True
+        except Exception:
+            return False
 
     async def _health(self) -> None:
         from temporalio.client import Client
@@ -322,6 +342,10 @@ class Scale:
                 self.run_peer(count)
                 self.run_daemon(count)
                 self.run_daemon(count, ARENA, {"MALLOC_ARENA_MAX": "2"})
+                if self.server is not None and self.server.poll() is not None:
+                    raise RuntimeError(
+                        f"the bare server died (exit {self.server.returncode}); see {self.root}"
+                    )
         for key, samples in self.rounds.items():
             median = {k: pct([s[k] for s in samples], 0.5) for k in FIGURES}
             spread = {k: (min(s[k] for s in samples), max(s[k] for s in samples)) for k in FIGURES}
