@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +46,14 @@ STARTED: dict[int, bool] = {}
 
 
 # --- small pure helpers ----------------------------------------------------------------------------------
+def run_root(root: Path | None, prefix: str) -> Path:
+    """The run's directory: `root` (`--root`; must not exist yet, made 0700) or a fresh mkdtemp."""
+    if root is not None:
+        root.mkdir(mode=0o700)
+        return root
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 def free_port() -> int:
     """A free port on 127.0.0.1 whose port + 1000 is free too: a dev server spawned by the runtime serves
     its Web UI there by default."""

@@ -41,13 +41,12 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from _common import pct
+from _common import pct, run_root
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -161,11 +160,7 @@ class Scale:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.began_wall = time.time()
-        if args.root is not None:
-            args.root.mkdir(mode=0o700)
-            self.root = args.root
-        else:
-            self.root = Path(tempfile.mkdtemp(prefix="stigmer-scale-"))
+        self.root = run_root(args.root, "stigmer-scale-")
         self.server: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.results: dict[tuple[str, int], dict[str, Any]] = {}  # the medians over the rounds

@@ -64,7 +64,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict
@@ -72,7 +71,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import Table, pct  # benchmarks/ is the working directory and sys.path[0]
+from _common import Table, pct, run_root  # benchmarks/ is the working directory and sys.path[0]
 
 SELF = Path(__file__).resolve()
 HERE = SELF.parent
@@ -112,11 +111,7 @@ class Scaleout:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.began_wall = time.time()
-        if args.root is not None:
-            args.root.mkdir(mode=0o700)
-            self.root = args.root
-        else:
-            self.root = Path(tempfile.mkdtemp(prefix="stigmer-scaleout-"))
+        self.root = run_root(args.root, "stigmer-scaleout-")
         self.daemons = [Daemon(self.root, i + 1) for i in range(args.runtimes)]
         self.server: Any = None
         self.throughput: list[dict[str, Any]] = []
