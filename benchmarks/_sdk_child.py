@@ -200,6 +200,24 @@ class _Child:
         return {"seconds": time.monotonic() - began, "raised": error}
 
 
+async def serve_requests(ops: dict[str, Callable[..., Any]], emit: Callable[[dict[str, Any]], None]) -> None:
+    """The child's side of the line protocol: one JSON request per stdin line ({"op": NAME, **kwargs}),
+    answered by `emit(await ops[NAME](**kwargs))` (or {"error"}, an unknown op too), until EOF or "quit"."""
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        request = json.loads(line)
+        name = request.pop("op")
+        if name == "quit":
+            break
+        try:
+            emit(await ops[name](**request))
+        except Exception as exc:
+            emit({"error": f"{type(exc).__name__}: {exc}"})
+
+
 async def _connect(address: str, limit: float = 30.0) -> Any:
     from temporalio.client import Client
 
@@ -232,19 +250,7 @@ async def child_main(address: str, task_queue: str, with_worker: bool) -> None:
         "start": child.op_start,
     }
     _emit({"event": "ready", "pid": os.getpid(), "worker": with_worker})
-    loop = asyncio.get_running_loop()
-    while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
-            break
-        request = json.loads(line)
-        op = request.pop("op")
-        if op == "quit":
-            break
-        try:
-            _emit(await ops[op](**request))
-        except Exception as exc:
-            _emit({"error": f"{type(exc).__name__}: {exc}"})
+    await serve_requests(ops, _emit)
     if worker is not None and worker_task is not None:
         with contextlib.suppress(Exception, asyncio.TimeoutError):
             await asyncio.wait_for(worker.shutdown(), 10.0)

@@ -659,7 +659,7 @@ class Bench:
 
 # --- the plain-SDK peer child (asyncio only; `outbox.py --sdk-peer ADDRESS TASK_QUEUE`) -------------------
 async def peer_main(address: str, task_queue: str, emit: Callable[[dict[str, Any]], None]) -> None:
-    from _sdk_child import _connect
+    from _sdk_child import _connect, serve_requests
 
     client = await _connect(address)
 
@@ -681,18 +681,7 @@ async def peer_main(address: str, task_queue: str, emit: Callable[[dict[str, Any
         return {"seconds": seconds, "cpu": time.process_time() - cpu, "errors": dict(errors)}
 
     emit({"event": "ready", "pid": os.getpid()})
-    loop = asyncio.get_running_loop()
-    while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
-            break
-        request = json.loads(line)
-        if request.pop("op") != "starts":
-            break
-        try:
-            emit(await starts(**request))
-        except Exception as exc:
-            emit({"error": f"{type(exc).__name__}: {exc}"})
+    await serve_requests({"starts": starts}, emit)
     emit({"event": "bye"})
 
 
