@@ -232,6 +232,44 @@ class TestStickyTimeout:
         assert timedelta(seconds=9) == options["sticky_queue_schedule_to_start_timeout"]
 
 
+class TestBuildId:
+    def test_default_build_id_is_ours_and_stable(self) -> None:
+        """Without versioning options the Worker gets the runtime's build id: the same for every Worker
+        of the process, a hex digest."""
+        first = TestStickyTimeout.built_options(WorkerSpec("q"))["build_id"]
+        assert first == TestStickyTimeout.built_options(WorkerSpec("other"))["build_id"]
+        assert 32 == len(first) and int(first, 16) >= 0
+
+    @pytest.mark.parametrize(
+        "option", [{"build_id": "v1"}, {"deployment_config": object()}, {"use_worker_versioning": True}]
+    )
+    def test_versioning_options_are_left_to_the_user(self, option: dict[str, Any]) -> None:
+        """A spec that sets build_id, deployment_config or use_worker_versioning gets no build id of
+        ours (the SDK refuses deployment_config beside a build_id)."""
+        options = TestStickyTimeout.built_options(WorkerSpec("q", options=option))
+        assert option.get("build_id") == options.get("build_id")
+
+    def test_changes_when_a_module_file_changes(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The digest covers each loaded module file: touching one gives another id."""
+        import importlib
+        import os
+        import sys
+
+        from stigmer_trio._boundary import _buildid
+
+        (tmp_path / "buildid_probe_mod.py").write_text("X = 1\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        importlib.import_module("buildid_probe_mod")
+        try:
+            monkeypatch.setattr(_buildid, "_memo", None)
+            before = _buildid.build_id()
+            os.utime(tmp_path / "buildid_probe_mod.py", ns=(1, 1))
+            monkeypatch.setattr(_buildid, "_memo", None)
+            assert before != _buildid.build_id()
+        finally:
+            del sys.modules["buildid_probe_mod"]
+
+
 # --- a graceful stop: workers shut down while the connection (and so the server) is still up -------------
 
 
