@@ -1,6 +1,7 @@
 """Workflow round trips (start -> result, one activity): the runtime vs plain asyncio temporalio; tables.
 
-    .venv/bin/python benchmarks/roundtrip.py [--seq 200] [--batch 1] [--conc 50] [--bursts 5] [--smoke]
+    .venv/bin/python benchmarks/roundtrip.py [--seq 200] [--batch 1] [--conc 50] [--bursts 5] [--busy]
+                                             [--idle 5] [--smoke]
 
 Not a test. Real clock. Two bare `temporal server start-dev` (127.0.0.1, free ports, persisted db):
 
@@ -30,9 +31,18 @@ in streaks), then `--bursts` rounds of `--conc` concurrent workflows per way.
            dedicated thread of this process; trio submits with asyncio.run_coroutine_threadsafe and is
            woken through its TrioToken. Eager start off, as RT-BR: compare the two bridges with SDK.
 
+`--busy`: CPU contention in the same run. Each burst round runs every way on a quiet machine, then
+RT, RT-BR, SDK and TH-BR again while burners (one `while True: pass` process per core, started by us in
+their own sessions, paused with SIGSTOP between busy rounds, SIGKILLed at the end whatever happens) spin
+on every core. The busy table gives throughput and CPU per workflow quiet vs busy; the targets: RT-BR's
+CPU per workflow <= 1.15x the SDK's, quiet and busy, and RT-BR's busy throughput >= 0.9x the SDK's.
+Before the sequential series, the CPU of this process and of the SDK child with no workflows (`--idle`
+seconds, twice: before the runtime opens and with it open) says how much of the gap is the runtime's
+idle work (health loop, outbox watch, ...) rather than the bridge.
+
 Every figure that has a target is a ratio to a peer of the same run (the third table). `--smoke` (CI):
-3 sequential round trips and one burst of 5 per way, 1 warm-up (~20 s); exits non-zero when anything
-breaks or a way got no samples.
+3 sequential round trips and one burst of 5 per way, quiet and busy, 1 warm-up (~25 s); exits non-zero
+when anything breaks or a way got no samples.
 """
 
 from __future__ import annotations
@@ -40,24 +50,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import trio
 import trio_asyncio
 
 import stigmer_trio as st
 from _common import (
+    STARTED,
     Server,
     Table,
     command_line,
+    forget,
     leave,
     machine_note,
     pct,
@@ -72,6 +90,7 @@ RT_QUEUE = "rt-q"
 SDK_QUEUE = "sdk-q"
 TH_QUEUE = "th-q"
 WAYS = ("RT", "RT-BR", "RT-BR-E", "SDK", "SDK-E", "SDK-STOCK", "TH-BR")
+BUSY_WAYS = ("RT", "RT-BR", "SDK", "TH-BR")  # again under CPU contention (--busy)
 LABELS = {
     "RT": "RT: runtime facade rt.execute_workflow (eager start)",
     "RT-BR": "RT-BR: runtime bridge, run_asyncio, eager OFF",
@@ -143,12 +162,77 @@ class ThreadBridge:
         return future.result()
 
 
+class Burners:
+    """One `while True: pass` process per core, each in its own session (recorded in _common.STARTED, so
+    leave() kills them too), paused (SIGSTOP) except while `busy()` is entered; `stop()` SIGKILLs them."""
+
+    def __init__(self) -> None:
+        self.count = os.cpu_count() or 1
+        self.procs: list[trio.Process] = []
+        self.busy_wall = 0.0  # seconds spent busy
+        self.busy_cpu = 0.0  # CPU seconds the burners got meanwhile
+
+    async def start(self) -> None:
+        for _ in range(self.count):
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-c", "while True: pass"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            STARTED[proc.pid] = True
+            self.procs.append(proc)
+            os.killpg(proc.pid, signal.SIGSTOP)
+
+    def _cpu(self) -> float:
+        total = 0.0
+        for proc in self.procs:
+            times = psutil.Process(proc.pid).cpu_times()
+            total += times.user + times.system
+        return total
+
+    @contextlib.asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
+        cpu, began = self._cpu(), time.monotonic()
+        for proc in self.procs:
+            os.killpg(proc.pid, signal.SIGCONT)
+        try:
+            await trio.sleep(0.2)  # the scheduler has spread them over the cores
+            yield
+        finally:
+            for proc in self.procs:
+                os.killpg(proc.pid, signal.SIGSTOP)
+            self.busy_wall += time.monotonic() - began
+            self.busy_cpu += self._cpu() - cpu
+
+    async def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            forget(proc.pid)
+        self.procs = []
+
+
 WARMUP = 10  # round trips per way before anything is recorded (--smoke: 1)
 
 
 class Bench:
-    def __init__(self, seq: int, batch: int, conc: int, bursts: int, warmup: int = WARMUP) -> None:
+    def __init__(
+        self,
+        seq: int,
+        batch: int,
+        conc: int,
+        bursts: int,
+        warmup: int = WARMUP,
+        *,
+        busy: bool = False,
+        idle: float = 5.0,
+    ) -> None:
         self.seq, self.batch, self.conc, self.bursts, self.warmup = seq, batch, conc, bursts, warmup
+        self.burners = Burners() if busy else None
+        self.idle_seconds = idle
         self.root = Path(tempfile.mkdtemp(prefix="stigmer-roundtrip-"))
         self.server = Server(self.root / "server", tuned=True)
         self.stock = Server(self.root / "stock", eager=False)
@@ -156,6 +240,10 @@ class Bench:
         self.latency: dict[str, list[float]] = {way: [] for way in WAYS}  # ms
         self.throughput: dict[str, list[float]] = {way: [] for way in WAYS}  # workflows/s
         self.cpu: dict[str, list[float]] = {way: [] for way in WAYS}  # CPU s per workflow, per burst
+        self.busy_throughput: dict[str, list[float]] = {way: [] for way in BUSY_WAYS}
+        self.busy_cpu: dict[str, list[float]] = {way: [] for way in BUSY_WAYS}
+        self.burst_seconds: dict[str, list[float]] = {way: [] for way in WAYS}  # quiet bursts' wall time
+        self.idle: dict[str, float] = {}  # CPU ms per second with no workflows, by what was measured
         self.notes: list[str] = []
 
     def next_id(self, way: str) -> str:
@@ -197,7 +285,7 @@ class Bench:
         if record:
             self.latency[way] += [ns / 1e6 for ns in latencies]
 
-    async def burst(self, rt: st.Runtime, sdks: dict[str, SdkChild], way: str) -> None:
+    async def burst(self, rt: st.Runtime, sdks: dict[str, SdkChild], way: str, busy: bool = False) -> None:
         if way.startswith("SDK"):
             sdk = sdks["stock" if way == "SDK-STOCK" else "tuned"]
             answer = await sdk.request("burst", n=self.conc, eager=way == "SDK-E")
@@ -210,8 +298,27 @@ class Bench:
                     nursery.start_soon(self.runtime_call, rt, way)
             elapsed = (time.perf_counter_ns() - began) / 1e9
             cpu = time.process_time() - cpu
-        self.throughput[way].append(self.conc / elapsed)
-        self.cpu[way].append(cpu / self.conc)
+        if busy:
+            self.busy_throughput[way].append(self.conc / elapsed)
+            self.busy_cpu[way].append(cpu / self.conc)
+        else:
+            self.throughput[way].append(self.conc / elapsed)
+            self.cpu[way].append(cpu / self.conc)
+            self.burst_seconds[way].append(elapsed)
+
+    async def measure_idle(self, what: str, sdk: SdkChild) -> None:
+        """CPU ms per second of this process and of the SDK child while no workflow runs."""
+        child = psutil.Process(sdk.proc.pid)
+
+        def child_cpu() -> float:
+            times = child.cpu_times()
+            return times.user + times.system
+
+        ours, theirs, began = time.process_time(), child_cpu(), time.monotonic()
+        await trio.sleep(self.idle_seconds)
+        wall = time.monotonic() - began
+        self.idle[what] = (time.process_time() - ours) / wall * 1000
+        self.idle["SDK child"] = (child_cpu() - theirs) / wall * 1000
 
     async def run(self) -> None:
         await self.server.spawn()
@@ -224,6 +331,9 @@ class Bench:
         sdks = {"tuned": sdk, "stock": stock}
         self.bridge = ThreadBridge(self.server.address)
         self.bridge.start()
+        if self.burners is not None:
+            await self.burners.start()
+        await self.measure_idle("this process, TH-BR only", sdk)
         config = st.RuntimeConfig(
             state_dir=self.root / "runtime",
             dev_server=None,
@@ -236,6 +346,7 @@ class Bench:
                     await rt.wait_ready()
                 for way in WAYS:
                     await self.seq_batch(rt, sdks, way, self.warmup, record=False)
+                await self.measure_idle("this process, TH-BR + runtime", sdk)
                 try:  # can the facade be told not to start eagerly?
                     await rt.execute_workflow(
                         "BenchEcho",
@@ -264,12 +375,19 @@ class Bench:
                     order = WAYS[shift:] + WAYS[:shift]
                     for way in order:
                         await self.burst(rt, sdks, way)
+                    if self.burners is not None:
+                        shift = index % len(BUSY_WAYS)
+                        async with self.burners.busy():
+                            for way in BUSY_WAYS[shift:] + BUSY_WAYS[:shift]:
+                                await self.burst(rt, sdks, way, busy=True)
                     progress(f"burst round {index + 1}/{self.bursts}")
                 status = rt.status()
                 if status["connection"]["epoch"] != 1:
                     self.notes.append(f"the runtime reconnected during the run: {status['connection']}")
         finally:
             with trio.CancelScope(shield=True):
+                if self.burners is not None:
+                    await self.burners.stop()
                 await sdk.close()
                 await stock.close()
                 await trio.to_thread.run_sync(self.bridge.stop)
@@ -288,6 +406,12 @@ class Bench:
 
         def tput(a: str, b: str) -> float:
             return pct(self.throughput[a], 0.5) / pct(self.throughput[b], 0.5)
+
+        def busy_tput(a: str) -> float:
+            return pct(self.busy_throughput[a], 0.5) / pct(self.busy_throughput["SDK"], 0.5)
+
+        def cpu_ratio(cpu: dict[str, list[float]], a: str) -> float:
+            return pct(cpu[a], 0.5) / pct(cpu["SDK"], 0.5)
 
         checks = [
             (
@@ -312,8 +436,20 @@ class Bench:
             ("TH-BR p50 / SDK p50 (thread bridge overhead, eager off)", ratio("TH-BR", "SDK", 0.5), ""),
             ("TH-BR p99 / SDK p99 (thread bridge overhead, eager off)", ratio("TH-BR", "SDK", 0.99), ""),
             ("TH-BR / SDK throughput (thread bridge)", tput("TH-BR", "SDK"), ""),
+            ("RT-BR / SDK CPU per workflow, p50 of bursts", cpu_ratio(self.cpu, "RT-BR"), "<= 1.15"),
+            ("TH-BR / SDK CPU per workflow (thread bridge)", cpu_ratio(self.cpu, "TH-BR"), ""),
+            ("RT / SDK CPU per workflow", cpu_ratio(self.cpu, "RT"), ""),
         ]
+        if self.burners is not None:
+            checks += [
+                ("busy CPU: RT-BR / SDK CPU per workflow", cpu_ratio(self.busy_cpu, "RT-BR"), "<= 1.15"),
+                ("busy CPU: RT-BR / SDK throughput", busy_tput("RT-BR"), ">= 0.9"),
+                ("busy CPU: TH-BR / SDK CPU per workflow", cpu_ratio(self.busy_cpu, "TH-BR"), ""),
+                ("busy CPU: TH-BR / SDK throughput", busy_tput("TH-BR"), ""),
+                ("busy CPU: RT / SDK throughput", busy_tput("RT"), ""),
+            ]
         bounds = {"<= 0.6": (0.6, -1), "<= 1.05": (1.05, -1), "<= 1.2": (1.2, -1), ">= 0.95": (0.95, 1)}
+        bounds |= {"<= 1.15": (1.15, -1), ">= 0.9": (0.9, 1)}
         lines = ["| ratio | value | target | met |", "|---|---|---|---|"]
         for name, value, target in checks:
             met = ""
@@ -335,7 +471,39 @@ class Bench:
                     f"| {LABELS[way]} | {len(values)} | {min(values):.1f} | {pct(values, 0.5):.1f} "
                     f"| {max(values):.1f} | {cpu:.1f} |"
                 )
-        return "\n\n".join([lat.render(), "\n".join(thr), "\n".join(lines)])
+        tables = [lat.render(), "\n".join(thr)]
+        if self.burners is not None:
+            busy = [
+                f"| {self.conc} concurrent, quiet vs busy CPU (p50 of bursts) | bursts | workflows/s quiet "
+                "| workflows/s busy | busy / quiet | CPU ms/workflow quiet | CPU ms/workflow busy |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for way in BUSY_WAYS:
+                quiet, loaded = pct(self.throughput[way], 0.5), pct(self.busy_throughput[way], 0.5)
+                busy.append(
+                    f"| {LABELS[way]} | {len(self.throughput[way])} / {len(self.busy_throughput[way])} "
+                    f"| {quiet:.1f} | {loaded:.1f} | {loaded / quiet:.2f} "
+                    f"| {pct(self.cpu[way], 0.5) * 1000:.1f} | {pct(self.busy_cpu[way], 0.5) * 1000:.1f} |"
+                )
+            tables.append("\n".join(busy))
+        tables.append("\n".join(lines))
+        return "\n\n".join(tables)
+
+    def idle_note(self) -> str:
+        """The idle CPU, and what the runtime's share of it costs each workflow of an RT-BR burst."""
+        if not self.idle:
+            return ""
+        parts = [f"{what} {rate:.1f} ms/s" for what, rate in self.idle.items()]
+        runtime = self.idle.get("this process, TH-BR + runtime", 0.0) - self.idle.get(
+            "this process, TH-BR only", 0.0
+        )
+        seconds = pct(self.burst_seconds["RT-BR"], 0.5)
+        share = runtime * seconds / self.conc
+        return (
+            f"Idle CPU (no workflows, {self.idle_seconds:g} s each): {'; '.join(parts)}. The runtime's own "
+            f"idle work ({runtime:.1f} ms/s) is {share:.2f} ms of CPU per workflow of a {self.conc}-workflow "
+            f"RT-BR burst ({seconds:.2f} s)."
+        )
 
 
 def progress(message: str) -> None:
@@ -348,18 +516,32 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1, help="sequential round trips per batch")
     parser.add_argument("--conc", type=int, default=50, help="workflows per concurrent burst")
     parser.add_argument("--bursts", type=int, default=5, help="concurrent bursts per way")
-    parser.add_argument("--smoke", action="store_true", help="CI: 3 round trips and 1 burst of 5 per way")
+    parser.add_argument("--busy", action="store_true", help="also run bursts with every core kept busy")
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds of each idle CPU measurement")
+    parser.add_argument(
+        "--smoke", action="store_true", help="CI: 3 round trips and 1 burst of 5 per way, quiet and busy"
+    )
     args = parser.parse_args()
-    if min(args.seq, args.batch, args.conc, args.bursts) < 1:
-        parser.error("every count must be >= 1")
+    if min(args.seq, args.batch, args.conc, args.bursts) < 1 or args.idle <= 0:
+        parser.error("every count must be >= 1 and --idle > 0")
     if args.smoke:
-        args.seq, args.batch, args.conc, args.bursts = 3, 1, 5, 1
-    bench = Bench(args.seq, args.batch, args.conc, args.bursts, warmup=1 if args.smoke else WARMUP)
+        args.seq, args.batch, args.conc, args.bursts, args.busy, args.idle = 3, 1, 5, 1, True, 0.5
+    bench = Bench(
+        args.seq,
+        args.batch,
+        args.conc,
+        args.bursts,
+        warmup=1 if args.smoke else WARMUP,
+        busy=args.busy,
+        idle=args.idle,
+    )
 
     def run() -> None:
         trio.run(bench.run)
         require(bench.latency, *WAYS)
         require(bench.throughput, *WAYS)
+        if args.busy:
+            require(bench.busy_throughput, *BUSY_WAYS)
 
     code, elapsed, load_before = run_timed(run)
     try:
@@ -380,6 +562,14 @@ def main() -> int:
         "rt.run_asyncio with request_eager_start=False, on rt-q (served by the runtime's own Worker). That "
         "is the whole bridge: client calls and the Worker under trio-asyncio."
     )
+    if bench.burners is not None and bench.burners.busy_wall:
+        print(
+            f"Busy: {bench.burners.count} burner processes got "
+            f"{bench.burners.busy_cpu / bench.burners.busy_wall:.2f} cores on average while busy "
+            f"({bench.burners.busy_wall:.0f} s); CPU per workflow counts every thread of the process that "
+            "runs the workflow (its Worker and its client)."
+        )
+    print(bench.idle_note())
     for note in bench.notes:
         print(f"- {note}")
     shutil.rmtree(bench.root, ignore_errors=True)
