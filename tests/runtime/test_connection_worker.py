@@ -19,6 +19,7 @@ from stigmer_trio import (
     RestartPolicy,
     ServerExited,
     ServerReady,
+    ServerSpawned,
     TemporalUnavailable,
     WorkerSpec,
 )
@@ -43,6 +44,7 @@ class FakeTemporal:
     connects: list[float] = attrs.Factory(list)
     probes: list[float] = attrs.Factory(list)
     clients: int = 0
+    namespace_missing: bool = False  # DescribeNamespace fails although the server answers
     workers: FakeWorkers = attrs.Factory(lambda: FakeWorkers())
 
     def make_worker(self, client: Any, spec: WorkerSpec, on_fatal_error: Any) -> int:
@@ -68,6 +70,8 @@ class FakeTemporal:
 
     async def describe_namespace(self, client: Any, namespace: str, *, timeout: float) -> None:
         await self.check_health(client, timeout=timeout)
+        if self.namespace_missing:
+            raise TemporalUnavailable("namespace not found")
 
     async def check_health(self, client: Any, *, timeout: float) -> None:
         self.probes.append(trio.current_time())
@@ -242,7 +246,9 @@ class FakeWorkers:
     shutdowns: list[float] = attrs.Factory(list)
     fail_after: float | None = None
     shutdown_hangs: bool = False
+    unwind: float = 0.0  # seconds a cancelled run() takes to return (the trio-asyncio round trip)
     stops: dict[int, trio.Event] = attrs.Factory(dict)
+    unwound: list[float] = attrs.Factory(list)
 
     def make_worker(self, client: Any, spec: WorkerSpec, on_fatal_error: Any) -> int:
         self.built.append((trio.current_time(), client))
@@ -254,7 +260,13 @@ class FakeWorkers:
         if self.fail_after is not None:
             await trio.sleep(self.fail_after)
             raise RuntimeError("Workflow worker failed")
-        await self.stops[worker].wait()
+        try:
+            await self.stops[worker].wait()
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(self.unwind)
+            self.unwound.append(trio.current_time())
+            raise
 
     async def shutdown_worker(self, worker: int) -> None:
         self.shutdowns.append(trio.current_time())
@@ -273,11 +285,15 @@ SPEC = WorkerSpec("q", graceful_shutdown_timeout=2.0)
 
 
 class TestWorker:
+    @pytest.mark.parametrize("unwind", [0.0, 0.5])
     async def test_replaced_at_once_on_a_new_epoch(
-        self, fake: FakeTemporal, workers: FakeWorkers, autojump_clock: trio.testing.MockClock
+        self, fake: FakeTemporal, workers: FakeWorkers, autojump_clock: trio.testing.MockClock, unwind: float
     ) -> None:
-        """Each new connection epoch gets a fresh Worker on the new client, right away."""
+        """Each new connection epoch gets a fresh Worker on the new client, right away: also when the
+        replaced Worker's cancelled run() takes `unwind` seconds to return (it does so in the
+        background, after the new Worker is polling)."""
         fake.up = True
+        workers.unwind = unwind
         hub, _ = recording_hub()
         status = WorkerStatus("q")
         async with connection(hub, fake) as (cell, nursery):
@@ -295,6 +311,9 @@ class TestWorker:
             assert ["client-1", "client-2"] == [client for _, client in workers.built]
             assert workers.built[1][0] - reconnect < 0.01
             assert (True, 2) == (status.running, status.epoch)
+            await trio.sleep(1.0)
+            assert 1 == len(workers.unwound)  # the old run() did unwind, `unwind` later
+            assert workers.unwound[0] - reconnect == pytest.approx(unwind, abs=0.01)
         assert not status.running
 
     async def test_a_failing_worker_ends_its_lifetime(
@@ -327,3 +346,108 @@ class TestWorker:
                 stop_at = trio.current_time()
                 inner.cancel_scope.cancel()
             assert SPEC.graceful_shutdown_timeout + 1.0 == pytest.approx(trio.current_time() - stop_at)
+
+
+async def open_following(
+    nursery: trio.Nursery, hub: EventHub, bridge: Any, owner_check: Any = None
+) -> ConnectionCell:
+    """A connection child that follows a supervised dev server (its events), as in dev-server mode."""
+    cell = ConnectionCell(emit=hub.emit, follow_server=True)
+    hub.add_hook(cell.on_event)
+    serve = functools.partial(serve_connection, CONFIG, cell, hub, bridge=bridge, owner_check=owner_check)
+    await nursery.start(serve)
+    return cell
+
+
+class TestFollowingABootingServer:
+    """ServerSpawned: the connection child connects while the server boots, beside the dev-server
+    child's readiness checks, and counts the connection only at that server's ServerReady."""
+
+    async def test_connects_while_it_boots_and_is_connected_at_its_ready(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The connect happens while the server boots; CONNECTED comes at the instant of ServerReady,
+        with that early client (no second connect)."""
+        hub, events = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_following(nursery, hub, fake)
+            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            await trio.sleep(0.1)
+            assert [] == fake.connects  # nothing accepts TCP yet: no connect tried
+            fake.up = True
+            await trio.sleep(0.2)
+            assert 1 == len(fake.connects)
+            assert fake.connects[0] < 0.105  # within a few ms of the port accepting
+            assert ConnectionState.CONNECTING is cell.state  # not before the server is ready
+            ready_at = trio.current_time()
+            hub.emit(ServerReady("127.0.0.1:1", 7, adopted=False, ready_after=0.3))
+            client, epoch = await cell.wait_connected()
+            assert ("client-1", 1) == (client, epoch)
+            assert ready_at == trio.current_time()
+            assert 1 == len(fake.connects)
+            nursery.cancel_scope.cancel()
+        assert ["connected"] == [new for _, new in transitions(events) if new == "connected"]
+
+    async def test_condemned_while_booting_is_never_connected(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A server that answers but is condemned before its ServerReady never becomes an epoch; its
+        successor does."""
+        fake.up = True
+        hub, _ = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_following(nursery, hub, fake)
+            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            await trio.sleep(0.1)
+            assert 1 == len(fake.connects)  # connected early, waiting for its ServerReady
+            hub.emit(ServerExited("127.0.0.1:1", 7, None, "failed to start"))
+            await trio.sleep(0.5)
+            assert (0, ConnectionState.CONNECTING) == (cell.epoch, cell.state)
+            hub.emit(ServerSpawned("127.0.0.1:1", 8))
+            await trio.sleep(0.05)
+            hub.emit(ServerReady("127.0.0.1:1", 8, adopted=False, ready_after=0.05))
+            client, epoch = await cell.wait_connected()
+            assert ("client-2", 1) == (client, epoch)
+            nursery.cancel_scope.cancel()
+
+    async def test_an_impostor_on_the_port_is_never_connected(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """What answers while the server boots must be its own listener: when another process owns
+        it, the early client is dropped and, once the server is ready, the refusal is said."""
+        fake.up = True
+        hub, _ = recording_hub()
+        owners: list[tuple[int, int]] = []
+
+        def not_ours(pid: int, port: int) -> bool:
+            owners.append((pid, port))
+            return False
+
+        async with trio.open_nursery() as nursery:
+            cell = await open_following(nursery, hub, fake, owner_check=not_ours)
+            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            while not owners:  # the check runs in a thread (real time)
+                await trio.sleep(0.01)
+            assert (7, 1) == owners[0]
+            hub.emit(ServerReady("127.0.0.1:1", 7, adopted=False, ready_after=0.05))
+            await cell.wait_until(lambda c: c.state is ConnectionState.DISCONNECTED)
+            assert "is not the dev server (pid 7)" in (cell.last_error or "")
+            assert 0 == cell.epoch
+            nursery.cancel_scope.cancel()
+
+    async def test_ready_while_attempts_fail_says_why(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The server is ready but our own attempt keeps failing (say, a namespace it lacks): the
+        early attempts stop and the ordinary one reports the failure (DISCONNECTED, its reason)."""
+        hub, _ = recording_hub()
+        fake.up = fake.namespace_missing = True
+        async with trio.open_nursery() as nursery:
+            cell = await open_following(nursery, hub, fake)
+            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            await trio.sleep(0.05)
+            assert ConnectionState.CONNECTING is cell.state  # quiet while it boots
+            hub.emit(ServerReady("127.0.0.1:1", 7, adopted=False, ready_after=0.05))
+            await cell.wait_until(lambda c: c.state is ConnectionState.DISCONNECTED)
+            assert "namespace not found" == cell.last_error
+            nursery.cancel_scope.cancel()

@@ -38,6 +38,7 @@ PUBLIC = [
     "RuntimeConfig",
     "ServerExited",
     "ServerReady",
+    "ServerSpawned",
     "StateFileError",
     "StigmerError",
     "Strategy",

@@ -509,11 +509,17 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_pid_file(path: _StrPath, record: PidRecord) -> None:
+def write_pid_file(path: _StrPath, record: PidRecord, *, durable: bool = True) -> None:
     """Atomically replace the pid file at `path` (temp file + fsync + rename + directory fsync).
 
     The record gains boot_id and start_ticks when it lacks them and its pid is still the process it
     names. Its directory must be trusted (UntrustedStateFile otherwise).
+
+    `durable=False` skips both fsyncs (1-2 ms each, far more while a booting server writes its db) and
+    keeps the atomic rename: for the record of a process that is alive now. Every other process sees
+    the new record at once (the page cache); only an OS crash could lose it, and an OS crash takes the
+    process it names down with it, so a lost record can only be a stale one, which every reader
+    already handles (boot_id).
     """
     target = Path(path)
     check_trusted_dir(target.parent)
@@ -537,7 +543,8 @@ def write_pid_file(path: _StrPath, record: PidRecord) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         # rename(2) replaces a symlink planted since the check above; it never writes through it.
@@ -546,7 +553,8 @@ def write_pid_file(path: _StrPath, record: PidRecord) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:

@@ -28,6 +28,7 @@ __all__ = [
     "RestartRecord",
     "ServerExited",
     "ServerReady",
+    "ServerSpawned",
     "SubmissionDelayed",
     "SubmissionRejected",
     "SubmissionStarted",
@@ -148,6 +149,15 @@ class ChildAbandoned:
 
 
 @attrs.frozen
+class ServerSpawned:
+    """A dev server was spawned (its record names it) and boots; ServerReady or ServerExited follows.
+    The connection child starts connecting to it meanwhile (it counts only once it is ready)."""
+
+    address: str
+    pid: int
+
+
+@attrs.frozen
 class ServerReady:
     """The dev server answers health checks and knows every namespace (spawned, or adopted alive)."""
 
@@ -257,7 +267,7 @@ class OutboxCounted:
 
 Event: TypeAlias = (
     ChildStarted | ChildExited | ChildRestartScheduled | ChildAbandoned | RestartLimitExceeded
-    | ServerReady | ServerExited | ConnectionStateChanged | WorkerStateChanged | HealthChecked
+    | ServerSpawned | ServerReady | ServerExited | ConnectionStateChanged | WorkerStateChanged | HealthChecked
     | FailFastRejected | SubmissionsQueued | SubmissionStarted | SubmissionDelayed | SubmissionRejected
     | OutboxCounted
 )  # fmt: skip

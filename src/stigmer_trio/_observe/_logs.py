@@ -27,6 +27,7 @@ from .._core._events import (
     RestartLimitExceeded,
     ServerExited,
     ServerReady,
+    ServerSpawned,
     SubmissionDelayed,
     SubmissionRejected,
     SubmissionsQueued,
@@ -89,6 +90,10 @@ def event_fields(event: Event) -> dict[str, Any]:
 def _server_ready(e: ServerReady) -> tuple[int, str]:
     how = "adopted" if e.adopted else "started"
     return logging.INFO, f"dev server {how} at {e.address} (pid {e.pid}), ready after {e.ready_after:.3f} s"
+
+
+def _server_spawned(e: ServerSpawned) -> tuple[int, str]:
+    return logging.DEBUG, f"dev server spawned at {e.address} (pid {e.pid}), booting"
 
 
 def _server_exited(e: ServerExited) -> tuple[int, str]:
@@ -173,6 +178,7 @@ def _outbox_counted(e: OutboxCounted) -> tuple[int, str]:
 
 # Each event type, and how it is worded: its level and one line.
 _DESCRIBE: dict[type[Any], Callable[[Any], tuple[int, str]]] = {
+    ServerSpawned: _server_spawned,
     ServerReady: _server_ready,
     ServerExited: _server_exited,
     ChildExited: _child_exited,

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._core._errors import TemporalUnavailable
-from .._core._events import ConnectionState, ConnectionStateChanged, Event, ServerExited, ServerReady
+from .._core._events import (
+    ConnectionState,
+    ConnectionStateChanged,
+    Event,
+    ServerExited,
+    ServerReady,
+    ServerSpawned,
+)
 
 if TYPE_CHECKING:
     from .._boundary._temporal import Client
@@ -47,6 +54,7 @@ class ConnectionCell:
         self.server_up = False
         self.server_generation = 0  # +1 on every ServerReady
         self.server_pid: int | None = None  # the current ready one's, which must own the port we reach
+        self.booting_pid: int | None = None  # a spawned one's, until it is ready or condemned
         self._server_changed = trio.Event()
         self._server_scopes: set[trio.CancelScope] = set()
 
@@ -107,11 +115,15 @@ class ConnectionCell:
         """Hub hook: the dev server's exits and readiness drive the fast paths."""
         if isinstance(event, ServerExited):
             self.server_up = False
+            self.booting_pid = None
             for scope in list(self._server_scopes):
                 scope.cancel(reason="the dev server was condemned")
             self.poke(Poke.SERVER_EXITED)
+        elif isinstance(event, ServerSpawned):
+            self.booting_pid = event.pid
         elif isinstance(event, ServerReady):
             self.server_up = True
+            self.booting_pid = None
             self.server_generation += 1
             self.server_pid = event.pid
             self.poke(Poke.SERVER_READY)
@@ -125,12 +137,18 @@ class ConnectionCell:
         while self.follow_server and not self.server_up:
             await self._server_changed.wait()
 
+    async def wait_server_known(self) -> None:
+        """Until the supervised dev server is ready or booting (at once when not following one)."""
+        while self.follow_server and not self.server_up and self.booting_pid is None:
+            await self._server_changed.wait()
+
     @contextlib.contextmanager
-    def server_scope(self) -> Iterator[trio.CancelScope]:
-        """A cancel scope that the current server's condemnation cancels (when following a server)."""
+    def server_scope(self, *, booting: bool = False) -> Iterator[trio.CancelScope]:
+        """A cancel scope that the current server's condemnation cancels (when following a server);
+        cancelled at once when there is no ready server (`booting`: nor a booting one)."""
         scope = trio.CancelScope()
         if self.follow_server:
-            if not self.server_up:
+            if not self.server_up and not (booting and self.booting_pid is not None):
                 scope.cancel(reason="no ready dev server")
             self._server_scopes.add(scope)
         try:

