@@ -34,9 +34,12 @@ TYPE_CHECKING = False  # typing is not imported at run time: the CLI's hot paths
 if TYPE_CHECKING:
     from typing import Any
 
+    import trio
+
+    from ._boundary._launch import Launch
     from ._boundary._sdnotify import SystemdNotifier
     from ._core._config import RuntimeConfig
-    from ._core._events import Event
+    from ._core._events import Event, EventHook
     from ._observe._logfiles import RotatingLog
     from ._runtime import Runtime
 
@@ -152,7 +155,13 @@ def status_report(state_dir: Path, now: float | None = None) -> tuple[bool, dict
 
 class StatusFile:
     """Keeps runtime.json current, atomically: the daemon's identity plus its last status() document
-    (what `status` reports when the endpoint does not answer)."""
+    (what `status` reports when the endpoint does not answer).
+
+    While `serve` runs, events only mark it stale and a writer task rewrites it off the Trio thread,
+    coalesced (one write for a burst of events) and without fsync: a restart says ~10 events, and 10
+    writes with 2 fsyncs each on the Trio thread (more while the new server writes its db) were on the
+    restart's critical path. Without the task (before it starts, after it stops) events write at once.
+    """
 
     def __init__(self, config: RuntimeConfig, clock: Callable[[], float] = time.time) -> None:
         import psutil
@@ -167,8 +176,10 @@ class StatusFile:
         self.started_at = clock()
         self.last_error: str | None = None
         self.runtime: Runtime | None = None
+        self._stale: trio.Event | None = None  # set: rewrite it (only while `serve` runs)
+        self._writing: trio.Lock | None = None
 
-    def write(self) -> None:
+    def record(self) -> PidRecord:
         pid, create_time, cmdline = self.identity
         live = self.runtime.status() if self.runtime is not None else None
         if live is not None and self.last_error is not None:
@@ -181,7 +192,43 @@ class StatusFile:
             "workers": live["workers"] if live else [],
             "status": live,
         }
-        write_pid_file(self.path, PidRecord(pid, create_time, cmdline, self.started_at, extra))
+        return PidRecord(pid, create_time, cmdline, self.started_at, extra)
+
+    def write(self, *, durable: bool = True) -> None:
+        """Rewrite it now, on this thread."""
+        write_pid_file(self.path, self.record(), durable=durable)
+
+    def mark(self) -> None:
+        """Something `status` shows changed: rewrite it (soon, by the writer task, if it runs)."""
+        if self._stale is None:
+            self.write(durable=False)
+        else:
+            self._stale.set()
+
+    async def flush(self) -> None:
+        """Rewrite it now (off the Trio thread), after any write in flight."""
+        import functools
+
+        import trio
+
+        if self._writing is None:
+            self._writing = trio.Lock()
+        write = functools.partial(write_pid_file, self.path, self.record(), durable=False)
+        async with self._writing:
+            await trio.to_thread.run_sync(write)
+
+    async def serve(self) -> None:
+        """The writer task: one rewrite per burst of changes, until cancelled."""
+        import trio
+
+        self._stale = trio.Event()
+        try:
+            while True:
+                await self._stale.wait()
+                self._stale = trio.Event()
+                await self.flush()
+        finally:
+            self._stale = None
 
     def on_event(self, event: Event) -> None:
         """The hook: rewrite runtime.json when something `status` shows changed."""
@@ -213,7 +260,7 @@ class StatusFile:
             | ChildExited
             | RestartLimitExceeded,
         ):
-            self.write()
+            self.mark()
 
 
 # --- the detach protocol: the daemon's side ------------------------------------------------------------
@@ -223,6 +270,7 @@ class StatusFile:
 NOTIFY_ENV = "STIGMER_TRIO_INTERNAL_NOTIFY_FD"  # the daemon writes its verdict here
 SETTINGS_ENV = "STIGMER_TRIO_INTERNAL_SETTINGS_FD"  # the daemon reads its settings here
 LOG_ENV = "STIGMER_TRIO_INTERNAL_LOG_FILE"  # the daemon's stderr is this file (it keeps it bounded)
+STARTED_ENV = "STIGMER_TRIO_INTERNAL_STARTED"  # when `up` started: time.monotonic(), for the start-up log
 
 if TYPE_CHECKING:
     Notify = Callable[[dict[str, Any]], None]  # receives the daemon's one verdict
@@ -231,12 +279,15 @@ if TYPE_CHECKING:
 class DetachHandover:
     """What a detached daemon was handed: its settings (JSON text), where to report, its log file."""
 
-    __slots__ = ("log_path", "notify_fd", "settings")
+    __slots__ = ("log_path", "notify_fd", "settings", "started_at")
 
-    def __init__(self, settings: str, notify_fd: int, log_path: Path | None) -> None:
+    def __init__(
+        self, settings: str, notify_fd: int, log_path: Path | None, started_at: float | None = None
+    ) -> None:
         self.settings = settings
         self.notify_fd = notify_fd
         self.log_path = log_path
+        self.started_at = started_at
 
 
 def take_detach_handover(environ: MutableMapping[str, str]) -> DetachHandover | None:
@@ -245,13 +296,18 @@ def take_detach_handover(environ: MutableMapping[str, str]) -> DetachHandover | 
     settings_fd = environ.pop(SETTINGS_ENV, None)
     notify_fd = environ.pop(NOTIFY_ENV, None)
     log_path = environ.pop(LOG_ENV, None)
+    started = environ.pop(STARTED_ENV, None)
     if settings_fd is None or notify_fd is None:
         return None
     chunks = []
     with os.fdopen(int(settings_fd), "rb") as pipe:
         while chunk := pipe.read(65536):
             chunks.append(chunk)
-    return DetachHandover(b"".join(chunks).decode(), int(notify_fd), Path(log_path) if log_path else None)
+    started_at = None
+    with contextlib.suppress(TypeError, ValueError):
+        started_at = float(started)  # type: ignore[arg-type]
+    path = Path(log_path) if log_path else None
+    return DetachHandover(b"".join(chunks).decode(), int(notify_fd), path, started_at)
 
 
 def write_notification(fd: int) -> Notify:
@@ -277,7 +333,12 @@ def write_notification(fd: int) -> Notify:
 
 
 async def _daemon(
-    config: RuntimeConfig, status: StatusFile, notify: Notify, systemd: SystemdNotifier | None = None
+    config: RuntimeConfig,
+    status: StatusFile,
+    notify: Notify,
+    systemd: SystemdNotifier | None = None,
+    spawned: Launch | None = None,
+    phases: StartupPhases | None = None,
 ) -> int:
     import logging
     import signal
@@ -286,10 +347,12 @@ async def _daemon(
 
     from ._core._errors import StigmerError, first_leaf
     from ._core._events import RestartLimitExceeded
-    from ._runtime import open_runtime
+    from ._runtime import open_runtime_spawned
 
     logger = logging.getLogger(LOGGER)
     began = trio.current_time()
+    phases = phases or StartupPhases(None)
+    phases.mark("trio.run")
     failure: BaseException | None = None
 
     stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)  # SIGHUP: the terminal closed
@@ -313,14 +376,21 @@ async def _daemon(
             async def run_tree() -> None:
                 nonlocal failure
                 try:
-                    hooks = (status.on_event,) if systemd is None else (status.on_event, systemd.on_event)
-                    async with open_runtime(config, hooks=hooks) as runtime:
+                    hooks: tuple[EventHook, ...] = (status.on_event, phases.on_event)
+                    if systemd is not None:
+                        hooks += (systemd.on_event,)
+                    async with open_runtime_spawned(config, hooks, spawned) as runtime:
                         status.runtime = runtime
-                        status.write()
+                        await status.flush()
                         with trio.move_on_after(READY_WAIT):
                             await runtime.wait_ready(give_up_when_disconnected=True)
+                        await status.flush()  # says ready before anyone is told so
                         elapsed = trio.current_time() - began
                         ready = runtime.status()["ready"]
+                        phases.mark("ready" if ready else "started, not ready")
+                        logger.info(
+                            "start-up phases (ms from `up`, at monotonic %.6f s): %s", phases.origin, phases.line()
+                        )
                         ui = (runtime.status().get("ui") or {}).get("url")  # the dev server's Web UI
                         logger.info(
                             "%s after %.3f s%s",
@@ -353,6 +423,7 @@ async def _daemon(
                 nursery.cancel_scope.cancel(reason="supervision tree ended")
 
             nursery.start_soon(stop_on_signal)
+            nursery.start_soon(status.serve)
             nursery.start_soon(run_tree)
             if systemd is not None:  # WATCHDOG=1 from this loop: a wedged loop stops them
                 nursery.start_soon(systemd.serve_watchdog)
@@ -411,7 +482,84 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def daemon_main(config: RuntimeConfig, notify: Notify) -> int:
+class StartupPhases:
+    """When each step of the daemon's start-up happened, as ms from `up` (time.monotonic(), one clock for
+    every process): logged once at ready as "start-up phases", which benchmarks/devserver.py reads."""
+
+    def __init__(self, started_at: float | None) -> None:
+        self.origin = time.monotonic() if started_at is None else started_at
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.monotonic())
+
+    def on_event(self, event: Event) -> None:
+        """The hook: the first ServerSpawned, ServerReady, CONNECTED and worker polling."""
+        name = type(event).__name__
+        if name == "ServerSpawned":
+            self.mark("server spawned")
+        elif name == "ServerReady":
+            self.mark("server ready")
+        elif name == "ConnectionStateChanged" and getattr(event, "new", None) == "connected":
+            self.mark("connected")
+        elif name == "WorkerStateChanged" and getattr(event, "running", False):
+            self.mark("workers polling")
+
+    def line(self) -> str:
+        steps = sorted(self.marks.items(), key=lambda item: item[1])
+        return ", ".join(f"{name} {(at - self.origin) * 1000:.0f}" for name, at in steps)
+
+
+def _spawn_early(config: RuntimeConfig) -> Launch | None:
+    """Spawn the dev server now, before trio, trio-asyncio and temporalio are imported (~300 ms), so that
+    it boots (~150 ms) while they load; the tree's dev-server child serves it (DevServer(spawned=...)).
+    None when there is nothing to spawn here: external mode, or devserver.lock is held (a server of
+    ours to adopt, or one not provably ours: the child decides, as it always does), or the spawn failed
+    (a busy port, no binary: the child tries again and says why, through its events and policy)."""
+    server = config.dev_server
+    if server is None:
+        return None
+    import logging
+
+    from ._boundary._launch import ServerPlan, spawn_server
+    from ._observe._logfiles import RotatingLog
+
+    layout = StateLayout(config.state_dir)
+    lock = FileLock(layout.devserver_lock)
+    try:
+        for directory in (layout.logs, layout.home):
+            ensure_state_dir(directory)
+        if not lock.acquire():
+            return None
+        remove_pid_file(layout.devserver_record)  # nobody holds the lock: no server of ours lives
+        log = RotatingLog(layout.devserver_log, server.log_max_bytes, server.log_backups)
+        log_fd = log.open_for_writer()
+        try:
+            return spawn_server(ServerPlan(server, layout), lock, log_fd, log.size())
+        finally:
+            os.close(log_fd)
+    except Exception as exc:  # the dev-server child meets it again and reports it
+        logging.getLogger(LOGGER).debug("no early spawn of the dev server: %s", exc)
+        return None
+    finally:
+        lock.release()  # the server holds it through its inherited fd
+
+
+def _preload() -> None:
+    """Import what the runtime needs (trio, trio-asyncio, the tree, hypercorn, temporalio through the
+    bridge) while the early-spawned server boots; the collector stays off meanwhile (the imports
+    allocate ~100k objects that live for good: ~5 % of their time went to collections)."""
+    import gc
+
+    gc.disable()
+    try:
+        from ._boundary import _temporal  # noqa: F401
+        from ._tree import _build  # noqa: F401
+    finally:
+        gc.enable()
+
+
+def daemon_main(config: RuntimeConfig, notify: Notify, *, started_at: float | None = None) -> int:
     """Run the daemon in this process until stopped; returns the exit code (0 stopped by a signal or
     already running elsewhere, 1 the tree failed, 130 interrupted).
 
@@ -422,12 +570,13 @@ def daemon_main(config: RuntimeConfig, notify: Notify) -> int:
     paths are made absolute first) and its soft RLIMIT_NOFILE is raised to the hard limit.
     Under systemd ($NOTIFY_SOCKET) it sends READY=1, STATUS=, WATCHDOG=1 and STOPPING=1 (see
     _boundary/_sdnotify.py) and takes systemd's variables out of the environment.
+    Start-up: the dev server is spawned first, then trio and temporalio are imported while it boots;
+    `started_at` (time.monotonic() of the `up` command) is where the logged start-up phases count from.
     The caller must leave with os._exit(code): temporalio can crash the interpreter at exit.
     """
-    import trio
-
     from ._boundary._sdnotify import SystemdNotifier
 
+    phases = StartupPhases(started_at)
     systemd = SystemdNotifier.from_environ(os.environ)
     config = _absolute_paths(config)
     ensure_state_dir(config.state_dir)
@@ -440,14 +589,30 @@ def daemon_main(config: RuntimeConfig, notify: Notify) -> int:
             systemd.status(f"another daemon runs in {config.state_dir}: exiting")
         notify({"event": "already-running"})
         return 0
-    status = StatusFile(config)
+    launch = None
+    status = None
     try:
+        phases.mark("lock taken")
+        launch = _spawn_early(config)
+        if launch is not None:
+            phases.mark("server spawned")
+        _preload()
+        phases.mark("imports done")
+        import trio
+
+        status = StatusFile(config)
         status.write()
-        return trio.run(_daemon, config, status, notify, systemd)
+        return trio.run(_daemon, config, status, notify, systemd, launch, phases)
     except KeyboardInterrupt:
         return 130
     finally:
-        remove_pid_file(status.path)
+        server = config.dev_server
+        if launch is not None and not launch.claimed and server is not None:
+            from ._boundary._launch import stop_unclaimed  # the tree never took it: nobody else stops it
+
+            stop_unclaimed(launch, StateLayout(config.state_dir), server.stop_timeout)
+        if status is not None:
+            remove_pid_file(status.path)
         lock.release()
 
 

@@ -31,12 +31,13 @@ from ._tree._cell import Poke
 
 if TYPE_CHECKING:
     from ._boundary._bridge import Bridge
+    from ._boundary._launch import Launch
     from ._boundary._temporal import Client, WorkflowHandle
     from ._observe._logs import EventLog
     from ._tree._build import Tree
     from ._tree._serve_outbox import Outbox
 
-__all__ = ["Runtime", "open_runtime", "run"]
+__all__ = ["Runtime", "open_runtime", "open_runtime_spawned", "run"]
 
 T = TypeVar("T")
 
@@ -306,8 +307,18 @@ async def open_runtime(config: RuntimeConfig, *, hooks: Sequence[EventHook] = ()
     When the tree gives up (a child exceeded its restart limit), RestartLimitExceeded comes out of this
     block as itself, not wrapped in the exception groups of the nurseries it passed through.
     """
+    async with open_runtime_spawned(config, hooks, None) as runtime:
+        yield runtime
+
+
+@contextlib.asynccontextmanager
+async def open_runtime_spawned(
+    config: RuntimeConfig, hooks: Sequence[EventHook], spawned: Launch | None
+) -> AsyncIterator[Runtime]:
+    """open_runtime whose dev-server child serves `spawned` first: a server the daemon spawned before
+    its heavy imports (see DevServer)."""
     try:
-        async with _open_runtime(config, hooks) as runtime:
+        async with _open_runtime(config, hooks, spawned=spawned) as runtime:
             yield runtime
     except BaseExceptionGroup as group:
         leaf = first_leaf(group)
@@ -324,13 +335,17 @@ def _leaf_count(error: BaseException) -> int:
 
 @contextlib.asynccontextmanager
 async def _open_runtime(
-    config: RuntimeConfig, hooks: Sequence[EventHook], bridge: Bridge | None = None
+    config: RuntimeConfig,
+    hooks: Sequence[EventHook],
+    bridge: Bridge | None = None,
+    *,
+    spawned: Launch | None = None,
 ) -> AsyncIterator[Runtime]:
     """open_runtime without unwrapping RestartLimitExceeded; `bridge` (a test's fake) for Temporal."""
     from ._tree._build import build_tree  # not at import: metrics and the children's imports
 
     # Binds the endpoint: a busy port fails here, before anything starts.
-    tree = build_tree(config, hooks, bridge=bridge)
+    tree = build_tree(config, hooks, bridge=bridge, spawned=spawned)
     try:
         async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(_flush_log, tree.event_log)

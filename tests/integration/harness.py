@@ -288,12 +288,21 @@ class Stack:
         return [p for p in self.ours() if "start-dev" in (p.info["cmdline"] or [])]
 
     def daemons(self) -> list[psutil.Process]:
-        """Our live daemons (`python -m stigmer_trio up` without --detach)."""
-        return [
-            p
-            for p in self.ours()
-            if "stigmer_trio" in (p.info["cmdline"] or []) and "--detach" not in (p.info["cmdline"] or [])
-        ]
+        """Our live daemons: `python -m stigmer_trio up` without --detach (foreground, or the daemon an
+        `up --detach` started as a new interpreter), or forked by `up --detach` (the same command line
+        as its parent, but the leader of a session of its own)."""
+        found = []
+        for p in self.ours():
+            cmdline = p.info["cmdline"] or []
+            if "stigmer_trio" not in cmdline:
+                continue
+            try:
+                leader = os.getsid(p.pid) == p.pid
+            except OSError:
+                continue
+            if "--detach" not in cmdline or leader:
+                found.append(p)
+        return found
 
     def cleanup(self) -> list[Identity]:
         """Stop everything; returns the identities that had to be killed (a test may assert on it)."""

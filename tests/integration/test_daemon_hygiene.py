@@ -1,6 +1,6 @@
 """The daemon's process hygiene with the real temporal binary: it imports nothing from the directory it
-was started in (foreground `python -m stigmer_trio up`, `up --detach`'s re-executed child, the
-`stigmer-trio` script) yet still loads `--worker` modules from there, moves to its state dir, raises
+was started in (foreground `python -m stigmer_trio up`, `up --detach`'s forked child and its re-executed
+one, the `stigmer-trio` script) yet still loads `--worker` modules from there, moves to its state dir, raises
 its open files limit, stops cleanly on SIGHUP, and refuses to rotate a log that is a planted symlink
 while it keeps running.
 
@@ -37,6 +37,17 @@ async def hello(name: str) -> str:
 
 spec = st.WorkerSpec("planted-dir-q", activities=[hello], graceful_shutdown_timeout=1.0)
 """
+# A worker module that starts a thread when imported: the CLI then has two threads, which a fork would
+# not copy, so `up --detach` starts the daemon as a new interpreter instead.
+THREADED_WORKER = (
+    WORKER.replace("planted-dir-q", "threaded-q")
+    + """
+import threading
+import time
+
+threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+"""
+)
 
 
 def plant(directory: Path) -> Path:
@@ -73,14 +84,17 @@ class TestNothingFromTheCurrentDirectory:
             assert 3 == result.returncode, result.stderr
             assert [] == markers(here), command
 
+    @pytest.mark.parametrize("how", ["forked", "re-executed"])
     def test_detached_daemon_imports_nothing_from_it_but_the_worker(
-        self, stack: Stack, tmp_path: Path
+        self, stack: Stack, tmp_path: Path, how: str
     ) -> None:
         """`up --detach --worker mymod:spec` from a planted directory: the worker module is loaded from
-        it and runs; no planted module is imported, by the CLI or by the daemon (started `python -P`),
-        whose working directory is its state dir."""
+        it and runs; no planted module is imported, by the CLI or by the daemon, whose working directory
+        is its state dir. The daemon is the CLI forked (its command line: the CLI's), or, when the CLI
+        has a second thread (a worker module started one), a new interpreter started `python -P`."""
         here = plant(tmp_path / "planted")
-        (here / "mymod.py").write_text(WORKER)
+        queue = "planted-dir-q" if how == "forked" else "threaded-q"
+        (here / "mymod.py").write_text(WORKER if how == "forked" else THREADED_WORKER)
         result = subprocess.run(
             [sys.executable, "-m", "stigmer_trio", *stack.up_args("--worker", "mymod:spec")],
             cwd=here, capture_output=True, text=True, timeout=CLI_TIMEOUT, env=clean_env(),
@@ -90,9 +104,12 @@ class TestNothingFromTheCurrentDirectory:
         assert 0 == result.returncode, (result.stderr, stack.daemon_log())
         code, report = stack.status()
         assert 0 == code, report
-        assert "planted-dir-q" in [w["task_queue"] for w in report["workers"] if w["running"]]
+        assert queue in [w["task_queue"] for w in report["workers"] if w["running"]]
         daemon = psutil.Process(report["daemon"]["pid"])
-        assert "-P" in daemon.cmdline()
+        if how == "forked":
+            assert "--detach" in daemon.cmdline()  # the CLI's own command line: a fork of it
+        else:
+            assert "-P" in daemon.cmdline() and "--detach" not in daemon.cmdline()
         assert str(stack.state_dir) == daemon.cwd()
         assert [] == markers(here)
         assert 0 == stack.stop().returncode

@@ -30,6 +30,7 @@ from ._supervisor import ChildSpec, Strategy, Supervisor
 
 if TYPE_CHECKING:
     from .._boundary._bridge import Bridge
+    from .._boundary._launch import Launch
 
 __all__ = ["HTTP_POLICY", "Tree", "build_tree"]
 
@@ -103,11 +104,16 @@ def _worker_specs(config: RuntimeConfig) -> list[WorkerSpec]:
 
 
 def build_tree(
-    config: RuntimeConfig, hooks: Sequence[EventHook] = (), *, bridge: Bridge | None = None
+    config: RuntimeConfig,
+    hooks: Sequence[EventHook] = (),
+    *,
+    bridge: Bridge | None = None,
+    spawned: Launch | None = None,
 ) -> Tree:
     """The runtime's tree for `config`, not started. Raises HttpPortInUse when the endpoint's address
     cannot be bound. `bridge`: Temporal for the connection and the workers (default: the real one; a
-    test passes a fake)."""
+    test passes a fake). `spawned`: a dev server already spawned for the dev-server child's first
+    lifetime (see DevServer)."""
     connection = config.effective_connection()
     metrics = Metrics()
     event_log = EventLog()
@@ -120,7 +126,9 @@ def build_tree(
     hub.add_hook(cell.on_event)
     devserver = None
     if config.dev_server is not None:
-        devserver = DevServer(config.dev_server, config.state_dir, on_event=hub.emit, bridge=bridge)
+        devserver = DevServer(
+            config.dev_server, config.state_dir, on_event=hub.emit, spawned=spawned, bridge=bridge
+        )
     specs = _worker_specs(config)
     workers = {spec.task_queue: WorkerStatus(spec.task_queue) for spec in specs}
     outbox = None

@@ -237,14 +237,30 @@ class HttpServer:
         TCPServer (its h11 protocol, timeouts and limits) inside a guard that ends only that connection,
         and our own accept loop takes a connection only when one of `max_connections` slots is free.
         """
+        sock, self._socket = self._socket, None
+        if sock is None:
+            sock = bind_socket(self.config.host, self.port)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        try:
+            task_status.started(self.url)  # listening since the bind: connections queue meanwhile
+            # hypercorn (h11, h2, wsproto: ~30 ms of imports) is loaded for the first client, not before:
+            # at start-up it would delay the connection and the workers, who share this thread.
+            await trio.lowlevel.wait_readable(listener.socket)
+            connection, slots = self._connection_handler()
+            async with trio.open_nursery() as handlers:
+                handlers.start_soon(accept, listener, slots, connection, handlers)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+
+    def _connection_handler(self) -> tuple[Callable[[trio.SocketStream], Awaitable[None]], Slots]:
+        """What serves one accepted connection (hypercorn's h11 protocol under our guard), and the slots
+        that cap them."""
         from hypercorn.config import Config
         from hypercorn.trio.worker_context import WorkerContext
         from hypercorn.typing import ConnectionState as HypercornState
         from hypercorn.utils import wrap_app
 
-        sock, self._socket = self._socket, None
-        if sock is None:
-            sock = bind_socket(self.config.host, self.port)
         config = Config()
         config.accesslog = None
         config.errorlog = server_logger
@@ -269,14 +285,7 @@ class HttpServer:
             finally:
                 stream.socket.close()  # hypercorn's own close may have been cut short by a cancel
 
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        try:
-            async with trio.open_nursery() as handlers:
-                handlers.start_soon(accept, listener, slots, connection, handlers)
-                task_status.started(self.url)  # listening since the bind: connections queue meanwhile
-        finally:
-            with trio.CancelScope(shield=True):
-                await listener.aclose()
+        return connection, slots
 
 
 async def accept(
