@@ -388,9 +388,8 @@ async def _daemon(
                         elapsed = trio.current_time() - began
                         ready = runtime.status()["ready"]
                         phases.mark("ready" if ready else "started, not ready")
-                        logger.info(
-                            "start-up phases (ms from `up`, at monotonic %.6f s): %s", phases.origin, phases.line()
-                        )
+                        origin, steps = phases.origin, phases.line()
+                        logger.info("start-up phases (ms from `up`, at monotonic %.6f s): %s", origin, steps)
                         ui = (runtime.status().get("ui") or {}).get("url")  # the dev server's Web UI
                         logger.info(
                             "%s after %.3f s%s",
@@ -435,9 +434,25 @@ async def _daemon(
             systemd.stopping(f"failed: {failure}")
         with contextlib.suppress(Exception):
             status.write()
+        await _stop_unclaimed(config, spawned)  # before the verdict: `up` returns with nothing running
         notify({"event": "error", "message": str(failure)})
         return 1
     return 0
+
+
+async def _stop_unclaimed(config: RuntimeConfig, spawned: Launch | None) -> None:
+    """Stop the early-spawned server if the tree never took it over (the runtime failed to start, say
+    its endpoint's port was taken): nobody else would. Off the Trio thread (it waits for the exit)."""
+    import trio
+
+    server = config.dev_server
+    if spawned is None or spawned.claimed or server is None:
+        return
+    from ._boundary._launch import stop_unclaimed
+
+    layout = StateLayout(config.state_dir)
+    await trio.to_thread.run_sync(stop_unclaimed, spawned, layout, server.stop_timeout)
+    spawned.claimed = True  # stopped: the caller's safety net has nothing left to do
 
 
 def _absolute_paths(config: RuntimeConfig) -> RuntimeConfig:

@@ -109,7 +109,8 @@ class TestNothingFromTheCurrentDirectory:
         if how == "forked":
             assert "--detach" in daemon.cmdline()  # the CLI's own command line: a fork of it
         else:
-            assert "-P" in daemon.cmdline() and "--detach" not in daemon.cmdline()
+            assert "-P" in daemon.cmdline()
+            assert "--detach" not in daemon.cmdline()
         assert str(stack.state_dir) == daemon.cwd()
         assert [] == markers(here)
         assert 0 == stack.stop().returncode

@@ -114,7 +114,9 @@ class TestEndpoint:
         assert elapsed < 5.0
 
     def test_http_port_in_use_is_a_clear_failure(self, stack: Stack) -> None:
-        """`up --http 127.0.0.1:P` with P taken: exit 1 naming the address; nothing left running."""
+        """`up --http 127.0.0.1:P` with P taken: exit 1 naming the address; nothing left running when
+        `up` returns (the daemon spawned its dev server before anything else, to boot while it imports:
+        it stops it before it reports)."""
         import socket
 
         with socket.socket() as taken:
@@ -125,6 +127,7 @@ class TestEndpoint:
         assert 1 == result.returncode
         assert f"127.0.0.1:{port} is in use" in result.stderr
         assert [] == stack.ours()
+        assert not (stack.state_dir / "devserver.json").exists()
 
 
 class TestLogs:

@@ -238,7 +238,8 @@ class TestBuildId:
         of the process, a hex digest."""
         first = TestStickyTimeout.built_options(WorkerSpec("q"))["build_id"]
         assert first == TestStickyTimeout.built_options(WorkerSpec("other"))["build_id"]
-        assert 32 == len(first) and int(first, 16) >= 0
+        assert 32 == len(first)
+        assert int(first, 16) >= 0
 
     @pytest.mark.parametrize(
         "option", [{"build_id": "v1"}, {"deployment_config": object()}, {"use_worker_versioning": True}]

@@ -442,6 +442,7 @@ def _detach(settings: Settings, config: RuntimeConfig) -> int | None:
         daemon.wait(DETACH_WAIT)
         return _wait_for_other_daemon(state_dir, began)
     if event == "error":
+        daemon.wait(2.0)  # it leaves at once after its verdict: return with nothing of it running
         say(f"the daemon failed: {message.get('message')}")
         return EXIT_FAILURE
     daemon.wait(2.0)  # EOF without a verdict: let it finish exiting
