@@ -381,7 +381,7 @@ async def _daemon(
                         hooks += (systemd.on_event,)
                     async with open_runtime_spawned(config, hooks, spawned) as runtime:
                         status.runtime = runtime
-                        await status.flush()
+                        status.mark()
                         with trio.move_on_after(READY_WAIT):
                             await runtime.wait_ready(give_up_when_disconnected=True)
                         await status.flush()  # says ready before anyone is told so

@@ -76,11 +76,14 @@ async def serve_connection(
             generation = cell.server_generation
             began = trio.current_time()
             client = None
+            impostor: str | None = None  # an early client's listener was checked while it booted
             try:
                 if early is not None:
                     client = early
                 else:
-                    client = await _attempt(temporal, config, cell)
+                    client, impostor = await _checked_attempt(
+                        temporal, config, cell, cell.server_pid, owner_check
+                    )
             except (TemporalUnavailable, trio.TooSlowError, ConfigError) as exc:
                 cell.transition(ConnectionState.DISCONNECTED, str(exc) or "connect timed out")
                 if trio.current_time() - began >= config.connect_timeout:
@@ -92,9 +95,6 @@ async def serve_connection(
                 if await _back_off(temporal, config, cell, config.policy.delay(attempt, rng)):
                     attempt = 0  # the server is back: should it still be booting, retry from 50 ms
                 continue
-            impostor = None
-            if client is not None and early is None:
-                impostor = await _impostor(config, cell.server_pid, cell, owner_check)
             if client is None or not _current(cell, generation):
                 # The server was condemned during the attempt: the next one waits for its successor.
                 cell.transition(ConnectionState.DISCONNECTED, "the dev server was replaced")
@@ -133,6 +133,38 @@ async def _attempt(
     return None
 
 
+async def _checked_attempt(
+    temporal: Bridge,
+    config: ConnectionConfig,
+    cell: ConnectionCell,
+    pid: int | None,
+    owner_check: Callable[[int, int], bool] | None,
+    *,
+    booting: bool = False,
+) -> tuple[Client | None, str | None]:
+    """An attempt (see _attempt) and, beside it rather than after it, the kernel's answer on who owns the
+    listener (_impostor, in a thread): the client (None: condemned meanwhile) and why what answers is
+    not the followed server (None: it is). Raises what the attempt raises."""
+    impostor: str | None = None
+    failure: TemporalUnavailable | trio.TooSlowError | ConfigError | None = None
+    client = None
+
+    async def owner() -> None:
+        nonlocal impostor
+        impostor = await _impostor(config, pid, cell, owner_check)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(owner)
+        try:
+            client = await _attempt(temporal, config, cell, booting=booting)
+        except (TemporalUnavailable, trio.TooSlowError, ConfigError) as exc:
+            failure = exc
+            nursery.cancel_scope.cancel(reason="the attempt failed")
+    if failure is not None:
+        raise failure
+    return client, impostor
+
+
 async def _while_booting(
     temporal: Bridge,
     config: ConnectionConfig,
@@ -151,11 +183,14 @@ async def _while_booting(
     with cell.server_scope(booting=True):
         while client is None and not cell.server_up:
             if await temporal.tcp_accepts(config.address):
+                impostor = None
                 try:
-                    client = await _attempt(temporal, config, cell, booting=True)
+                    client, impostor = await _checked_attempt(
+                        temporal, config, cell, pid, owner_check, booting=True
+                    )
                 except (TemporalUnavailable, trio.TooSlowError, ConfigError):
                     client = None
-                if client is not None and await _impostor(config, pid, cell, owner_check) is not None:
+                if impostor is not None:
                     client = None
             if client is None:
                 await cell.wait_poke(_BOOT_POLL, Poke.SERVER_READY)
