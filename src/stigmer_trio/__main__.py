@@ -3,13 +3,14 @@
 # trio.py, argparse.py, ...) never runs in the CLI or the daemon. (`__init__` imports only what the
 # interpreter already holds.) `--worker MODULE:ATTR` modules are still found in the current directory:
 # _cli/_settings.load_worker_specs appends it to sys.path, after the installed packages. The detached
-# daemon is started with `python -P`, and the `stigmer-trio` script never has the directory on it.
+# daemon is a fork of this process (or, when it has threads, started with `python -P`), and the
+# `stigmer-trio` script never has the directory on it.
 import os
 import sys
 
 if not sys.flags.safe_path and sys.path and os.path.realpath(sys.path[0] or os.curdir) == os.getcwd():
     del sys.path[0]
 
-from ._cli import main  # after the sys.path fix, on purpose
+from ._cli import run  # after the sys.path fix, on purpose
 
-raise SystemExit(main())
+run()

@@ -59,6 +59,30 @@ class TestCli:
         assert "Traceback" not in result.stderr
 
 
+class TestEntryPoint:
+    def test_output_and_exit_code_survive_the_fast_exit(self, tmp_path: Path) -> None:
+        """`python -m stigmer_trio` leaves through os._exit after main: what it printed is all there
+        (flushed first) and its exit code is main's."""
+        result = run("status", "--json", "--state-dir", str(tmp_path / "none"))
+        assert 3 == result.returncode, result.stderr
+        assert '"running": false' in result.stdout
+        assert result.stdout.endswith("}\n")
+
+    def test_a_reader_that_left_gets_no_traceback(self, tmp_path: Path) -> None:
+        """stdout is a pipe whose reader is gone before anything is written: exit 1, stderr empty."""
+        read, write = os.pipe()
+        os.close(read)
+        state = str(tmp_path / "s")
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "stigmer_trio", "status", "--json", "--state-dir", state],
+                stdout=write, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+            )  # fmt: skip
+        finally:
+            os.close(write)
+        assert (1, "") == (result.returncode, result.stderr)
+
+
 class TestCheapImport:
     def test_import_does_not_load_trio_or_temporalio(self) -> None:
         """`import stigmer_trio` stays cheap: neither trio nor temporalio is imported."""
@@ -70,7 +94,8 @@ class TestCheapImport:
         """`python -m stigmer_trio --help` answers without importing trio or temporalio."""
         code = textwrap.dedent(
             f"""
-            import runpy, sys
+            import os, runpy, sys
+            os._exit = sys.exit  # the entry point leaves through os._exit: look at sys.modules first
             sys.argv = ["stigmer_trio", "--help"]
             try:
                 runpy.run_module("stigmer_trio", run_name="__main__")
@@ -95,7 +120,8 @@ class TestCheapImport:
             write_pid_file(state / "runtime.json", record)
         code = textwrap.dedent(
             f"""
-            import runpy, sys
+            import os, runpy, sys
+            os._exit = sys.exit  # the entry point leaves through os._exit: look at sys.modules first
             sys.argv = ["stigmer_trio", *{command.split()!r}, "--state-dir", {str(state)!r}]
             try:
                 runpy.run_module("stigmer_trio", run_name="__main__")
