@@ -11,10 +11,11 @@ one SDK burst and one of ours; ratios are medians of the per-burst ratios (ours 
 before). Busy = roundtrip.Burners: one spinning process per core, ours, SIGKILLed at the end.
 
   0  trio-asyncio 0.16 as it is: one Trio scheduler pass and one cancel scope per asyncio callback
-  1  _aioloop's batched queue, with trio-asyncio's per-call callback check kept (rebuilt here)
-  2  + callbacks checked in debug mode only, as asyncio does (the _aioloop loop as it is)
+  1  _aioloop's batched queue, one batch per turn, trio-asyncio's per-call callback check kept (rebuilt)
+  2  + callbacks checked in debug mode only, as asyncio does
   3  + workflow activations in Trio's thread cache (ThreadCacheExecutor), no Trio task each: what
      make_worker does on the _aioloop loop
+  4  + up to 4 batches per turn before Trio's scheduler runs again: _aioloop as it is
 """
 
 from __future__ import annotations
@@ -45,7 +46,22 @@ from roundtrip import Burners
 from stigmer_trio._boundary import _aioloop, _temporal
 
 
-class AlwaysChecked(_aioloop.BatchedTrioEventLoop):
+class OneBatchPerTurn(_aioloop.BatchedTrioEventLoop):
+    """Steps 1-3: one batch per turn of the loop task (then a Trio scheduler pass), not up to four."""
+
+    async def _main_loop_one(self, no_wait: bool = False) -> None:
+        if not self._channel_drained:
+            self._take_channel()
+        if not no_wait:
+            if self._runnable:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            else:
+                await self._park()
+        if not await self._run_batch() and no_wait:
+            raise trio.WouldBlock
+
+
+class AlwaysChecked(OneBatchPerTurn):
     """Step 1: the batched queue, every callback checked as trio-asyncio's call_soon does."""
 
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> Any:
@@ -61,19 +77,23 @@ class AlwaysChecked(_aioloop.BatchedTrioEventLoop):
         return super().call_at(when, callback, *args, context=context)
 
 
-@contextlib.asynccontextmanager
-async def open_always_checked() -> AsyncIterator[Any]:
-    async with trio_asyncio.open_loop() as loop:
-        _aioloop._adopt(loop)
-        loop.__class__ = AlwaysChecked
-        yield loop
+def opener(cls: type[_aioloop.BatchedTrioEventLoop]) -> Callable[[], Any]:
+    @contextlib.asynccontextmanager
+    async def open_loop() -> AsyncIterator[Any]:
+        async with trio_asyncio.open_loop() as loop:
+            _aioloop._adopt(loop)
+            loop.__class__ = cls
+            yield loop
+
+    return open_loop
 
 
 STEPS: dict[str, tuple[Callable[[], Any], bool]] = {
     "0 trio-asyncio 0.16 as it is": (trio_asyncio.open_loop, False),
-    "1 batched queue (_aioloop)": (open_always_checked, False),
-    "2 + callbacks checked in debug mode only": (_aioloop.open_loop, False),
-    "3 + workflow activations in Trio's thread cache": (_aioloop.open_loop, True),
+    "1 batched queue (_aioloop), one batch per turn": (opener(AlwaysChecked), False),
+    "2 + callbacks checked in debug mode only": (opener(OneBatchPerTurn), False),
+    "3 + workflow activations in Trio's thread cache": (opener(OneBatchPerTurn), True),
+    "4 + up to 4 batches per turn (_aioloop as it is)": (_aioloop.open_loop, True),
 }
 PHASES = ("quiet", "busy")
 

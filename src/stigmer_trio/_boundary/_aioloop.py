@@ -2,10 +2,11 @@
 # asyncio's own loop runs it. trio-asyncio 0.16 runs ONE asyncio callback per turn of its main-loop task:
 # each callback costs a memory-channel receive, a cancel scope (`move_on_after`) and a full Trio
 # scheduler pass (an epoll_wait) of its own, and every `call_soon_threadsafe` (how the SDK's Rust core
-# hands back each result) a wake-up byte on Trio's socket. Here, as in asyncio's `_run_once`, one turn
-# runs every callback that is ready when it begins (then yields to Trio once); the loop task parks
-# without a cancel scope unless a live timer needs a deadline; cancelled timers leave the heap's head at
-# once; and wake-ups from other threads are coalesced (one pending `run_sync_soon` at a time).
+# hands back each result) a wake-up byte on Trio's socket. Here, as in asyncio's `_run_once`, a batch
+# runs every callback that is ready when it begins, and a turn runs a few batches before it yields to
+# Trio once; callbacks are checked in debug mode only, as asyncio's are; the loop task parks without a
+# cancel scope unless a live timer needs a deadline; cancelled timers leave the heap's head at once; and
+# wake-ups from other threads are coalesced (one pending `run_sync_soon` at a time).
 #
 # Rule: trio-asyncio's own `open_loop()` still builds, runs and tears the loop down (its nurseries,
 # cancellation forwarding, shutdown drain): `open_loop()` here only re-classes the loop it opened (see
@@ -29,6 +30,10 @@ from sniffio import thread_local as sniffio_library
 from trio_asyncio._handles import AsyncHandle
 
 __all__ = ["BatchedTrioEventLoop", "ThreadCacheExecutor", "open_loop"]
+
+# A turn runs up to this many batches back to back while callbacks are ready (asyncio iterations whose I/O
+# poll is skipped: the loop's own I/O comes through Trio), then yields to Trio's other tasks.
+_BATCHES_PER_TURN = 4
 
 # As asyncio's loop: compact the timer heap once more than half of at least 100 timers are cancelled.
 T = TypeVar("T")
@@ -151,18 +156,24 @@ class BatchedTrioEventLoop(trio_asyncio.TrioEventLoop):  # type: ignore[misc]  #
 
     # --- the main loop's turn ------------------------------------------------------------------------
     async def _main_loop_one(self, no_wait: bool = False) -> None:
-        """One turn: wait for work (unless `no_wait`), then run every callback ready when the turn began
-        and every timer due. `no_wait` (the shutdown drain): trio.WouldBlock when nothing was ready."""
+        """One turn: wait for work, then run batches as asyncio's iterations do (every callback ready when
+        the batch began, every timer due), up to _BATCHES_PER_TURN while callbacks are ready, before
+        Trio's other tasks get their turn. `no_wait` (the shutdown drain): one batch, no waiting;
+        trio.WouldBlock when nothing was ready."""
         if not self._channel_drained:
             self._take_channel()
-        if not no_wait:
-            if self._runnable:
-                # One Trio scheduler pass per batch, not per callback (the loop task is shielded).
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            else:
-                await self._park()
-        if not await self._run_batch() and no_wait:
-            raise trio.WouldBlock
+        if no_wait:
+            if not await self._run_batch():
+                raise trio.WouldBlock
+            return
+        if self._runnable:
+            # One Trio scheduler pass per turn, not per callback (the loop task is shielded).
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            await self._park()
+        for _ in range(_BATCHES_PER_TURN):
+            if not await self._run_batch() or not self._runnable:
+                break
 
     def _take_channel(self) -> None:
         """Anything queued through trio-asyncio's own channel before the loop was adopted runs first."""
