@@ -85,6 +85,7 @@ FLOOR_BOOT = "FLOOR bare binary: spawn -> probe OK, db closed cleanly"
 COLD = "cold `up --detach` -> ready, existing db"
 # The daemon's start-up phases, as its daemon.log names them, in order
 COLD_PHASES = (
+    "daemon started",
     "lock taken",
     "server spawned",
     "imports done",

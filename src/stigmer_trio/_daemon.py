@@ -503,7 +503,7 @@ class StartupPhases:
 
     def __init__(self, started_at: float | None) -> None:
         self.origin = time.monotonic() if started_at is None else started_at
-        self.marks: dict[str, float] = {}
+        self.marks: dict[str, float] = {"daemon started": time.monotonic()}
 
     def mark(self, name: str) -> None:
         self.marks.setdefault(name, time.monotonic())

@@ -451,3 +451,32 @@ class TestFollowingABootingServer:
             await cell.wait_until(lambda c: c.state is ConnectionState.DISCONNECTED)
             assert "namespace not found" == cell.last_error
             nursery.cancel_scope.cancel()
+
+    async def test_a_condemned_servers_worker_is_retired_at_once(
+        self, fake: FakeTemporal, workers: FakeWorkers, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The followed server is condemned: its Worker stops polling now (not at the next epoch, after
+        the successor's boot), and the successor's ServerReady brings a new one."""
+        fake.up = True
+        hub, _ = recording_hub()
+        status = WorkerStatus("q")
+        async with trio.open_nursery() as nursery:
+            cell = await open_following(nursery, hub, fake)
+            await nursery.start(functools.partial(serve_worker, SPEC, cell, status, hub.emit, bridge=fake))
+            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            hub.emit(ServerReady("127.0.0.1:1", 7, adopted=False, ready_after=0.1))
+            await cell.wait_connected()
+            await trio.testing.wait_all_tasks_blocked()
+            assert (True, 1) == (status.running, status.epoch)
+            hub.emit(ServerExited("127.0.0.1:1", 7, -9, "killed"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert not status.running
+            assert 1 == len(workers.unwound)  # its run() was cancelled: no more polls of a dead port
+            hub.emit(ServerSpawned("127.0.0.1:1", 8))
+            await trio.sleep(0.2)
+            assert 1 == len(workers.built)  # nothing new while the successor boots
+            hub.emit(ServerReady("127.0.0.1:1", 8, adopted=False, ready_after=0.2))
+            await cell.wait_until(lambda c: c.epoch == 2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (True, 2, 2) == (status.running, status.epoch, len(workers.built))
+            nursery.cancel_scope.cancel()

@@ -130,7 +130,7 @@ async def _one_epoch(
 
             async def watch_epoch() -> None:
                 nonlocal replaced
-                await cell.wait_until(lambda c: c.epoch != epoch or c.state is ConnectionState.CLOSED)
+                await cell.wait_until(lambda c: _superseded(c, epoch))
                 replaced = cell.state is not ConnectionState.CLOSED
                 watchers.cancel_scope.cancel(reason="new connection epoch")
 
@@ -164,6 +164,16 @@ async def _one_epoch(
     )
     if failure is not None:
         raise WorkerFailed(f"the worker of task queue {spec.task_queue!r} failed: {failure}") from failure
+
+
+def _superseded(cell: ConnectionCell, epoch: int) -> bool:
+    """Is the Worker of `epoch` done for? A new epoch began, the runtime is closing, or the supervised
+    dev server it polls was condemned: the next epoch's Worker (on the next server) replaces it anyway,
+    so it is retired now rather than left polling a dead port (failing polls, the SDK's warnings, CPU)
+    through the new server's boot."""
+    if cell.epoch != epoch or cell.state is ConnectionState.CLOSED:
+        return True
+    return cell.follow_server and not cell.server_up
 
 
 async def _shutdown(temporal: Bridge, worker: Worker, spec: WorkerSpec) -> None:
