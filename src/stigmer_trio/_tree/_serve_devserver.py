@@ -55,6 +55,7 @@ from .._boundary._statefiles import (
     remove_pid_file,
     write_pid_file,
 )
+from .._boundary._tcp import accepts
 from .._core._config import DevServerConfig
 from .._core._errors import DevServerError, TemporalUnavailable
 from .._core._events import EventHook, ServerExited, ServerReady, ServerSpawned
@@ -380,8 +381,11 @@ class DevServer:
                         f"the dev server exited with code {proc.returncode} while starting: {output}"
                     )
                 try:
-                    stream = await trio.open_tcp_stream("127.0.0.1", config.port)
-                    await stream.aclose()
+                    listening = False
+                    with trio.move_on_after(config.health_timeout):
+                        listening = await accepts("127.0.0.1", config.port)
+                    if not listening:
+                        raise OSError(f"nothing accepts TCP at {address} yet")
                     client, owned = await self._ready_checks(temporal, address, proc.pid)
                     if owned:
                         return client
