@@ -13,8 +13,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
-import trio_asyncio
 
+from ._boundary._aioloop import open_loop
 from ._core._config import RuntimeConfig
 from ._core._errors import ConfigError, TemporalUnavailable, first_leaf
 from ._core._events import (
@@ -347,7 +347,7 @@ async def _open_runtime(
     # Binds the endpoint: a busy port fails here, before anything starts.
     tree = build_tree(config, hooks, bridge=bridge, spawned=spawned)
     try:
-        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        async with open_loop(), trio.open_nursery() as nursery:
             nursery.start_soon(_flush_log, tree.event_log)
             # The shutdown deadline is the supervisor's: leaving cancels it and it stops the children
             # within config.shutdown_timeout (Supervisor(shutdown_timeout=...), set by build_tree).
