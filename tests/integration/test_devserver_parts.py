@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,7 +118,6 @@ class TestSpawnedServer:
         """DevServer(spawned=...) serves a server started before it (no spawn, no lock of its own): it is
         ready like one it spawned (ServerSpawned, then ServerReady), and its exit ends the lifetime with
         the exit code."""
-        from typing import Any
 
         import psutil
         import trio
@@ -130,7 +130,7 @@ class TestSpawnedServer:
             async def connect(self, *args: Any, **kwargs: Any) -> str:
                 return "client"
 
-            async def probe(self, *args: Any, **kwargs: Any) -> None:
+            async def check_health(self, *args: Any, **kwargs: Any) -> None:
                 pass
 
         port = free_port()
@@ -167,3 +167,45 @@ class TestSpawnedServer:
         assert (proc.pid, -9) == (events[0].pid, events[2].returncode)
         assert not (tmp_path / "devserver.json").exists()
         assert not (tmp_path / "devserver.lock").exists()  # it took no lock: the spawner holds it
+
+
+class TestReadiness:
+    async def test_every_namespace_is_registered_when_ready(self, tmp_path: Path) -> None:
+        """Readiness is a health check on the server's own listener, no DescribeNamespace (10-20 ms
+        slower right after a boot): that needs every configured namespace registered before the server
+        serves. At ready, and after each of two respawns (SIGKILL) on the same db, a fresh client
+        describes all three at once."""
+        import signal
+
+        import trio
+
+        from stigmer_trio import DevServerConfig
+        from stigmer_trio._boundary import _temporal
+        from stigmer_trio._boundary._aioloop import open_loop
+        from stigmer_trio._tree._serve_devserver import DevServer
+
+        namespaces = ("default", "extra-a", "extra-b")
+        config = DevServerConfig(port=free_port(), namespaces=namespaces, ui=False, stop_timeout=5.0)
+        server = DevServer(config, tmp_path)
+        exits: list[str] = []
+
+        async def lifetime(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await server.serve(task_status=task_status)
+            except DevServerError as exc:  # the SIGKILLed server: its lifetime ends, as the tree would see
+                exits.append(str(exc))
+
+        async with open_loop():
+            for round_ in range(3):
+                with trio.fail_after(60):
+                    async with trio.open_nursery() as nursery:
+                        info = await nursery.start(lifetime)
+                        client = await _temporal.connect(info.address, "default", timeout=5.0)
+                        for namespace in namespaces:  # raises TemporalUnavailable if it is not there
+                            await _temporal.describe_namespace(client, namespace, timeout=5.0)
+                        if round_ < 2:
+                            os.kill(info.pid, signal.SIGKILL)  # our child: its lifetime ends with it
+                        else:
+                            nursery.cancel_scope.cancel()
+        assert 2 == len(exits)
+        assert all("exited with code -9" in line for line in exits), exits

@@ -45,6 +45,7 @@ class FakeTemporal:
     probes: list[float] = attrs.Factory(list)
     clients: int = 0
     namespace_missing: bool = False  # DescribeNamespace fails although the server answers
+    described: list[str] = attrs.Factory(list)
     workers: FakeWorkers = attrs.Factory(lambda: FakeWorkers())
 
     def make_worker(self, client: Any, spec: WorkerSpec, on_fatal_error: Any) -> int:
@@ -69,6 +70,7 @@ class FakeTemporal:
         return self.up
 
     async def describe_namespace(self, client: Any, namespace: str, *, timeout: float) -> None:
+        self.described.append(namespace)
         await self.check_health(client, timeout=timeout)
         if self.namespace_missing:
             raise TemporalUnavailable("namespace not found")
@@ -349,10 +351,14 @@ class TestWorker:
 
 
 async def open_following(
-    nursery: trio.Nursery, hub: EventHub, bridge: Any, owner_check: Any = None
+    nursery: trio.Nursery,
+    hub: EventHub,
+    bridge: Any,
+    owner_check: Any = None,
+    registered: frozenset[str] = frozenset(),
 ) -> ConnectionCell:
     """A connection child that follows a supervised dev server (its events), as in dev-server mode."""
-    cell = ConnectionCell(emit=hub.emit, follow_server=True)
+    cell = ConnectionCell(emit=hub.emit, follow_server=True, registered=registered)
     hub.add_hook(cell.on_event)
     serve = functools.partial(serve_connection, CONFIG, cell, hub, bridge=bridge, owner_check=owner_check)
     await nursery.start(serve)
@@ -479,4 +485,20 @@ class TestFollowingABootingServer:
             await cell.wait_until(lambda c: c.epoch == 2)
             await trio.testing.wait_all_tasks_blocked()
             assert (True, 2, 2) == (status.running, status.epoch, len(workers.built))
+            nursery.cancel_scope.cancel()
+
+    @pytest.mark.parametrize("registered", [frozenset(), frozenset({"default"})])
+    async def test_a_registered_namespace_is_not_described(
+        self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock, registered: frozenset[str]
+    ) -> None:
+        """The connection's namespace is one the followed server registers before it serves: the
+        attempt checks health instead of describing it. Any other namespace is described."""
+        fake.up = True
+        hub, _ = recording_hub()
+        async with trio.open_nursery() as nursery:
+            cell = await open_following(nursery, hub, fake, registered=registered)
+            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            hub.emit(ServerReady("127.0.0.1:1", 7, adopted=False, ready_after=0.1))
+            await cell.wait_connected()
+            assert ([] if registered else [CONFIG.namespace]) == fake.described
             nursery.cancel_scope.cancel()

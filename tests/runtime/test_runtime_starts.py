@@ -271,6 +271,40 @@ class TestBuildId:
             del sys.modules["buildid_probe_mod"]
 
 
+class TestValidatedOnce:
+    def test_a_workflow_is_validated_once_per_process(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The Workers' runner validates a workflow definition in the sandbox the first time only (every
+        reconnection builds new Workers); one that fails validation fails every time."""
+        from temporalio import workflow
+        from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+        from stigmer_trio._boundary._demo import StigmerDemo
+
+        calls: list[object] = []
+
+        def counting(self: SandboxedWorkflowRunner, defn: Any) -> None:  # the SDK's validation, counted
+            calls.append(defn)
+            if defn.name == "Broken":
+                raise RuntimeError("does not validate")
+
+        monkeypatch.setattr(SandboxedWorkflowRunner, "prepare_workflow", counting)
+        monkeypatch.setattr(bridge, "_VALIDATED", {})
+        demo = workflow._Definition.must_from_class(StigmerDemo)
+        broken = SimpleNamespace(name="Broken")
+        for _ in range(3):
+            bridge._ValidatedOnce().prepare_workflow(demo)
+            with pytest.raises(RuntimeError, match="does not validate"):
+                bridge._ValidatedOnce().prepare_workflow(broken)  # type: ignore[arg-type]
+        assert [demo, broken, broken, broken] == calls
+
+    def test_a_runner_of_the_users_own_is_kept(self) -> None:
+        """WorkerSpec.options' workflow_runner is not replaced (make_worker only sets a default)."""
+        runner = object()
+        options = {**bridge.worker_options(WorkerSpec("q", options={"workflow_runner": runner}))}
+        options.setdefault("workflow_runner", bridge._ValidatedOnce())
+        assert runner is options["workflow_runner"]
+
+
 # --- a graceful stop: workers shut down while the connection (and so the server) is still up -------------
 
 

@@ -159,7 +159,8 @@ class ServerSpawned:
 
 @attrs.frozen
 class ServerReady:
-    """The dev server answers health checks and knows every namespace (spawned, or adopted alive)."""
+    """The dev server answers health checks on its own listener (spawned: it registered every configured
+    namespace before it serves; adopted alive: each was described)."""
 
     address: str
     pid: int

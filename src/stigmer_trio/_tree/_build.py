@@ -122,7 +122,8 @@ def build_tree(
     # Following the dev server (if any) from the first event on: its first ServerReady comes before the
     # connection child starts.
     follow = config.dev_server is not None and connection.address == config.dev_server.address
-    cell = ConnectionCell(emit=hub.emit, follow_server=follow)
+    registered = frozenset(config.dev_server.namespaces) if follow and config.dev_server else frozenset()
+    cell = ConnectionCell(emit=hub.emit, follow_server=follow, registered=registered)
     hub.add_hook(cell.on_event)
     devserver = None
     if config.dev_server is not None:

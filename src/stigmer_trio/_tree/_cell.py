@@ -39,7 +39,13 @@ class Poke(enum.StrEnum):
 class ConnectionCell:
     """The current connection: readers read it without awaiting; only the connection child writes it."""
 
-    def __init__(self, emit: Callable[[Event], None] | None = None, *, follow_server: bool = False) -> None:
+    def __init__(
+        self,
+        emit: Callable[[Event], None] | None = None,
+        *,
+        follow_server: bool = False,
+        registered: frozenset[str] = frozenset(),
+    ) -> None:
         self.state = ConnectionState.CONNECTING
         self.epoch = 0  # +1 on every successful (re)connection
         self.reconnects = 0
@@ -51,6 +57,7 @@ class ConnectionCell:
         self._flags: set[Poke] = set()
         # The supervised dev server, as its events tell it (follow_server: connect only to a ready one).
         self.follow_server = follow_server
+        self.registered = registered  # the namespaces it registers before it serves (no need to describe)
         self.server_up = False
         self.server_generation = 0  # +1 on every ServerReady
         self.server_pid: int | None = None  # the current ready one's, which must own the port we reach

@@ -369,7 +369,7 @@ class DevServer:
             self._emit(ServerExited(address, proc.pid, proc.returncode, reason))
 
     async def _wait_ready(self, address: str, proc: ServerProcess) -> _temporal.Client:
-        """Ready = TCP accept AND check_health AND describe_namespace for every namespace."""
+        """Ready = TCP accept AND check_health AND the listener is `proc`'s own (see _ready_checks)."""
         temporal = self._temporal_bridge()  # imported here, not at start-up: the server boots meanwhile
         config = self.config
         last = "no answer yet"
@@ -398,9 +398,12 @@ class DevServer:
         )
 
     async def _ready_checks(self, temporal: Bridge, address: str, pid: int) -> tuple[_temporal.Client, bool]:
-        """Connect and probe (health, every namespace) a server that accepts TCP, and meanwhile ask the
-        kernel whether `pid` owns the listener (a thread): the client, and whether it does. The owner
-        check runs beside the RPCs, not after them: it is on every (re)start's critical path."""
+        """Connect to a server that accepts TCP and check its health, and meanwhile ask the kernel
+        whether `pid` owns the listener (a thread): the client, and whether it does. The owner check
+        runs beside the RPCs, not after them: it is on every (re)start's critical path. Its namespaces
+        are not described here: the server registers every --namespace before it serves (asserted by
+        tests/integration/test_devserver_parts.py), and right after a boot a DescribeNamespace takes
+        10-20 ms longer than the health check; the hang probe describes them every health_interval."""
         config = self.config
         owned = False
         failure: OSError | TemporalUnavailable | None = None
@@ -413,7 +416,7 @@ class DevServer:
             nursery.start_soon(owner)
             try:
                 client = await temporal.connect(address, config.namespaces[0], timeout=config.health_timeout)
-                await temporal.probe(client, config.namespaces, timeout=config.health_timeout)
+                await temporal.check_health(client, timeout=config.health_timeout)
             except (OSError, TemporalUnavailable) as exc:
                 failure = exc
                 nursery.cancel_scope.cancel(reason="the server did not answer")
