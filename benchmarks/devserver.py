@@ -90,6 +90,7 @@ COLD_PHASES = (
     "lock taken",
     "server spawned",
     "imports done",
+    "server listening",
     "server ready",
     "connected",
     "workers polling",

@@ -509,10 +509,10 @@ class StartupPhases:
         self.marks.setdefault(name, time.monotonic())
 
     def on_event(self, event: Event) -> None:
-        """The hook: the first ServerSpawned, ServerReady, CONNECTED and worker polling."""
+        """The hook: the first ServerListening, ServerReady, CONNECTED and worker polling."""
         name = type(event).__name__
-        if name == "ServerSpawned":
-            self.mark("server spawned")
+        if name == "ServerListening":
+            self.mark("server listening")
         elif name == "ServerReady":
             self.mark("server ready")
         elif name == "ConnectionStateChanged" and getattr(event, "new", None) == "connected":

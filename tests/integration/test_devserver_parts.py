@@ -116,13 +116,13 @@ class TestErrorLine:
 class TestSpawnedServer:
     async def test_first_lifetime_serves_the_spawned_server(self, tmp_path: Path) -> None:
         """DevServer(spawned=...) serves a server started before it (no spawn, no lock of its own): it is
-        ready like one it spawned (ServerSpawned, then ServerReady), and its exit ends the lifetime with
+        ready like one it spawned (ServerListening, then ServerReady), and its exit ends the lifetime with
         the exit code."""
 
         import psutil
         import trio
 
-        from stigmer_trio import DevServerConfig, ServerExited, ServerReady, ServerSpawned
+        from stigmer_trio import DevServerConfig, ServerExited, ServerListening, ServerReady
         from stigmer_trio._boundary._process import ProcessIdentity
         from stigmer_trio._tree._serve_devserver import DevServer, Launch, ServerInfo
 
@@ -163,7 +163,7 @@ class TestSpawnedServer:
                     proc.kill()
                 await proc.wait()
         assert [(proc.pid, False)] == [(info.pid, info.adopted) for info in started]
-        assert [ServerSpawned, ServerReady, ServerExited] == [type(e) for e in events]
+        assert [ServerListening, ServerReady, ServerExited] == [type(e) for e in events]
         assert (proc.pid, -9) == (events[0].pid, events[2].returncode)
         assert not (tmp_path / "devserver.json").exists()
         assert not (tmp_path / "devserver.lock").exists()  # it took no lock: the spawner holds it

@@ -18,8 +18,8 @@ from stigmer_trio import (
     ConnectionStateChanged,
     RestartPolicy,
     ServerExited,
+    ServerListening,
     ServerReady,
-    ServerSpawned,
     TemporalUnavailable,
     WorkerSpec,
 )
@@ -366,31 +366,36 @@ async def open_following(
 
 
 class TestFollowingABootingServer:
-    """ServerSpawned: the connection child connects while the server boots, beside the dev-server
+    """ServerListening: the connection child connects while the server boots, beside the dev-server
     child's readiness checks, and counts the connection only at that server's ServerReady."""
 
     async def test_connects_while_it_boots_and_is_connected_at_its_ready(
         self, fake: FakeTemporal, autojump_clock: trio.testing.MockClock
     ) -> None:
-        """The connect happens while the server boots; CONNECTED comes at the instant of ServerReady,
-        with that early client (no second connect)."""
+        """Once the booting server listens (ServerListening), the connection connects (retrying while
+        the server does not answer yet), beside the dev-server child's checks; CONNECTED comes at the
+        instant of ServerReady, with that early client (no second connect)."""
         hub, events = recording_hub()
         async with trio.open_nursery() as nursery:
             cell = await open_following(nursery, hub, fake)
-            hub.emit(ServerSpawned("127.0.0.1:1", 7))
             await trio.sleep(0.1)
-            assert [] == fake.connects  # nothing accepts TCP yet: no connect tried
+            assert [] == fake.connects  # no server listens yet: nothing is tried
+            hub.emit(ServerListening("127.0.0.1:1", 7))
+            await trio.sleep(0.05)
+            assert len(fake.connects) > 1  # it listens but does not answer: retried every few ms
             fake.up = True
+            answered = trio.current_time()
             await trio.sleep(0.2)
-            assert 1 == len(fake.connects)
-            assert fake.connects[0] < 0.105  # within a few ms of the port accepting
+            succeeded = [t for t in fake.connects if t >= answered]
+            assert 1 == len(succeeded)
+            assert succeeded[0] - answered < 0.005
             assert ConnectionState.CONNECTING is cell.state  # not before the server is ready
             ready_at = trio.current_time()
             hub.emit(ServerReady("127.0.0.1:1", 7, adopted=False, ready_after=0.3))
             client, epoch = await cell.wait_connected()
             assert ("client-1", 1) == (client, epoch)
             assert ready_at == trio.current_time()
-            assert 1 == len(fake.connects)
+            assert 1 == len([t for t in fake.connects if t >= answered])
             nursery.cancel_scope.cancel()
         assert ["connected"] == [new for _, new in transitions(events) if new == "connected"]
 
@@ -403,13 +408,13 @@ class TestFollowingABootingServer:
         hub, _ = recording_hub()
         async with trio.open_nursery() as nursery:
             cell = await open_following(nursery, hub, fake)
-            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            hub.emit(ServerListening("127.0.0.1:1", 7))
             await trio.sleep(0.1)
             assert 1 == len(fake.connects)  # connected early, waiting for its ServerReady
             hub.emit(ServerExited("127.0.0.1:1", 7, None, "failed to start"))
             await trio.sleep(0.5)
             assert (0, ConnectionState.CONNECTING) == (cell.epoch, cell.state)
-            hub.emit(ServerSpawned("127.0.0.1:1", 8))
+            hub.emit(ServerListening("127.0.0.1:1", 8))
             await trio.sleep(0.05)
             hub.emit(ServerReady("127.0.0.1:1", 8, adopted=False, ready_after=0.05))
             client, epoch = await cell.wait_connected()
@@ -431,7 +436,7 @@ class TestFollowingABootingServer:
 
         async with trio.open_nursery() as nursery:
             cell = await open_following(nursery, hub, fake, owner_check=not_ours)
-            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            hub.emit(ServerListening("127.0.0.1:1", 7))
             while not owners:  # the check runs in a thread (real time)
                 await trio.sleep(0.01)
             assert (7, 1) == owners[0]
@@ -450,7 +455,7 @@ class TestFollowingABootingServer:
         fake.up = fake.namespace_missing = True
         async with trio.open_nursery() as nursery:
             cell = await open_following(nursery, hub, fake)
-            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            hub.emit(ServerListening("127.0.0.1:1", 7))
             await trio.sleep(0.05)
             assert ConnectionState.CONNECTING is cell.state  # quiet while it boots
             hub.emit(ServerReady("127.0.0.1:1", 7, adopted=False, ready_after=0.05))
@@ -469,7 +474,7 @@ class TestFollowingABootingServer:
         async with trio.open_nursery() as nursery:
             cell = await open_following(nursery, hub, fake)
             await nursery.start(functools.partial(serve_worker, SPEC, cell, status, hub.emit, bridge=fake))
-            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            hub.emit(ServerListening("127.0.0.1:1", 7))
             hub.emit(ServerReady("127.0.0.1:1", 7, adopted=False, ready_after=0.1))
             await cell.wait_connected()
             await trio.testing.wait_all_tasks_blocked()
@@ -478,7 +483,7 @@ class TestFollowingABootingServer:
             await trio.testing.wait_all_tasks_blocked()
             assert not status.running
             assert 1 == len(workers.unwound)  # its run() was cancelled: no more polls of a dead port
-            hub.emit(ServerSpawned("127.0.0.1:1", 8))
+            hub.emit(ServerListening("127.0.0.1:1", 8))
             await trio.sleep(0.2)
             assert 1 == len(workers.built)  # nothing new while the successor boots
             hub.emit(ServerReady("127.0.0.1:1", 8, adopted=False, ready_after=0.2))
@@ -497,7 +502,7 @@ class TestFollowingABootingServer:
         hub, _ = recording_hub()
         async with trio.open_nursery() as nursery:
             cell = await open_following(nursery, hub, fake, registered=registered)
-            hub.emit(ServerSpawned("127.0.0.1:1", 7))
+            hub.emit(ServerListening("127.0.0.1:1", 7))
             hub.emit(ServerReady("127.0.0.1:1", 7, adopted=False, ready_after=0.1))
             await cell.wait_connected()
             assert ([] if registered else [CONFIG.namespace]) == fake.described

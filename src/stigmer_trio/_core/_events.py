@@ -27,8 +27,8 @@ __all__ = [
     "RestartLimitExceeded",
     "RestartRecord",
     "ServerExited",
+    "ServerListening",
     "ServerReady",
-    "ServerSpawned",
     "SubmissionDelayed",
     "SubmissionRejected",
     "SubmissionStarted",
@@ -149,9 +149,9 @@ class ChildAbandoned:
 
 
 @attrs.frozen
-class ServerSpawned:
-    """A dev server was spawned (its record names it) and boots; ServerReady or ServerExited follows.
-    The connection child starts connecting to it meanwhile (it counts only once it is ready)."""
+class ServerListening:
+    """A dev server we spawned accepts TCP on its port and boots its services; ServerReady or
+    ServerExited follows. The connection child connects to it meanwhile (counted only once ready)."""
 
     address: str
     pid: int
@@ -268,8 +268,8 @@ class OutboxCounted:
 
 Event: TypeAlias = (
     ChildStarted | ChildExited | ChildRestartScheduled | ChildAbandoned | RestartLimitExceeded
-    | ServerSpawned | ServerReady | ServerExited | ConnectionStateChanged | WorkerStateChanged | HealthChecked
-    | FailFastRejected | SubmissionsQueued | SubmissionStarted | SubmissionDelayed | SubmissionRejected
-    | OutboxCounted
+    | ServerListening | ServerReady | ServerExited | ConnectionStateChanged | WorkerStateChanged
+    | HealthChecked | FailFastRejected | SubmissionsQueued | SubmissionStarted | SubmissionDelayed
+    | SubmissionRejected | OutboxCounted
 )  # fmt: skip
 EventHook: TypeAlias = Callable[[Event], None]

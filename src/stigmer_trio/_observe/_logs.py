@@ -26,8 +26,8 @@ from .._core._events import (
     OutboxCounted,
     RestartLimitExceeded,
     ServerExited,
+    ServerListening,
     ServerReady,
-    ServerSpawned,
     SubmissionDelayed,
     SubmissionRejected,
     SubmissionsQueued,
@@ -92,8 +92,8 @@ def _server_ready(e: ServerReady) -> tuple[int, str]:
     return logging.INFO, f"dev server {how} at {e.address} (pid {e.pid}), ready after {e.ready_after:.3f} s"
 
 
-def _server_spawned(e: ServerSpawned) -> tuple[int, str]:
-    return logging.DEBUG, f"dev server spawned at {e.address} (pid {e.pid}), booting"
+def _server_listening(e: ServerListening) -> tuple[int, str]:
+    return logging.DEBUG, f"dev server pid {e.pid} listens at {e.address}, booting"
 
 
 def _server_exited(e: ServerExited) -> tuple[int, str]:
@@ -178,7 +178,7 @@ def _outbox_counted(e: OutboxCounted) -> tuple[int, str]:
 
 # Each event type, and how it is worded: its level and one line.
 _DESCRIBE: dict[type[Any], Callable[[Any], tuple[int, str]]] = {
-    ServerSpawned: _server_spawned,
+    ServerListening: _server_listening,
     ServerReady: _server_ready,
     ServerExited: _server_exited,
     ChildExited: _child_exited,

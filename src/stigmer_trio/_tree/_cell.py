@@ -18,8 +18,8 @@ from .._core._events import (
     ConnectionStateChanged,
     Event,
     ServerExited,
+    ServerListening,
     ServerReady,
-    ServerSpawned,
 )
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class ConnectionCell:
             for scope in list(self._server_scopes):
                 scope.cancel(reason="the dev server was condemned")
             self.poke(Poke.SERVER_EXITED)
-        elif isinstance(event, ServerSpawned):
+        elif isinstance(event, ServerListening):
             self.booting_pid = event.pid
         elif isinstance(event, ServerReady):
             self.server_up = True

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["serve_connection"]
 
 _TCP_POLL = 0.02  # seconds between TCP probes while the server refuses connections
-_BOOT_POLL = 0.002  # seconds between attempts while a spawned dev server boots (a refused TCP: ~0.05 ms)
+_BOOT_POLL = 0.002  # seconds between attempts on a booting dev server that already listens
 
 
 async def serve_connection(
@@ -181,9 +181,10 @@ async def _while_booting(
     cell: ConnectionCell,
     owner_check: Callable[[int, int], bool] | None,
 ) -> Client | None:
-    """Connect to the followed dev server while it boots, beside the dev-server child's own readiness
-    checks instead of after them: TCP every 2 ms, then connect + DescribeNamespace and the listener's
-    owner, retried until they pass; then wait for its ServerReady. The client, once the server it
+    """Connect to the followed dev server while it boots (ServerListening: its port accepts TCP), beside
+    the dev-server child's own readiness checks instead of after them: connect + the namespace check
+    and the listener's owner, retried every 2 ms until they pass (no TCP polling of our own: the
+    dev-server child said it listens); then wait for its ServerReady. The client, once the server it
     reached is the ready one; None when it was condemned meanwhile, or became ready while our attempts
     still failed (the caller's normal attempt then says why, and backs off)."""
     pid = cell.booting_pid
@@ -192,16 +193,15 @@ async def _while_booting(
     client = None
     with cell.server_scope(booting=True):
         while client is None and not cell.server_up:
-            if await temporal.tcp_accepts(config.address):
-                impostor = None
-                try:
-                    client, impostor = await _checked_attempt(
-                        temporal, config, cell, pid, owner_check, booting=True
-                    )
-                except (TemporalUnavailable, trio.TooSlowError, ConfigError):
-                    client = None
-                if impostor is not None:
-                    client = None
+            impostor = None
+            try:
+                client, impostor = await _checked_attempt(
+                    temporal, config, cell, pid, owner_check, booting=True
+                )
+            except (TemporalUnavailable, trio.TooSlowError, ConfigError):
+                client = None
+            if impostor is not None:
+                client = None
             if client is None:
                 await cell.wait_poke(_BOOT_POLL, Poke.SERVER_READY)
         if client is not None:

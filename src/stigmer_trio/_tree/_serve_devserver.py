@@ -58,7 +58,7 @@ from .._boundary._statefiles import (
 from .._boundary._tcp import accepts
 from .._core._config import DevServerConfig
 from .._core._errors import DevServerError, TemporalUnavailable
-from .._core._events import EventHook, ServerExited, ServerReady, ServerSpawned
+from .._core._events import EventHook, ServerExited, ServerListening, ServerReady
 from .._core._layout import StateLayout
 from .._observe._logfiles import RotatingLog
 
@@ -328,7 +328,6 @@ class DevServer:
         proc, identity, ports = launch.proc, launch.identity, launch.ports
         address = f"127.0.0.1:{ports['grpc']}"
         self._log_offset = launch.log_offset
-        self._emit(ServerSpawned(address, proc.pid))  # the connection child connects while it boots
         reason = "stopped by the runtime"
         kill = False  # a hung or failed server gets SIGKILL at once: a grace period helps nobody
         try:
@@ -373,6 +372,7 @@ class DevServer:
         temporal = self._temporal_bridge()  # imported here, not at start-up: the server boots meanwhile
         config = self.config
         last = "no answer yet"
+        announced = False
         with trio.move_on_after(config.start_timeout):
             while True:
                 if proc.poll() is not None:
@@ -386,6 +386,9 @@ class DevServer:
                         listening = await accepts("127.0.0.1", config.port)
                     if not listening:
                         raise OSError(f"nothing accepts TCP at {address} yet")
+                    if not announced:  # the connection child connects while it boots, beside our checks
+                        announced = True
+                        self._emit(ServerListening(address, proc.pid))
                     client, owned = await self._ready_checks(temporal, address, proc.pid)
                     if owned:
                         return client
