@@ -415,6 +415,7 @@ async def _daemon(
                                 else f"running, not ready: Temporal at {runtime.status()['address']} "
                                 "does not answer; reconnecting"
                             )
+                        runtime._prepare_endpoint()  # after the verdict: not on the critical path
                         _freeze_startup_objects()
                         await trio.sleep_forever()
                 except* StigmerError as group:

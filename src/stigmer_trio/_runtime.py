@@ -274,6 +274,12 @@ class Runtime:
         dev server, endpoint; ready = CONNECTED and every worker polling on the current epoch."""
         return self._board.status()
 
+    def _prepare_endpoint(self) -> None:
+        """The daemon, once it said ready: load what the endpoint serves with (hypercorn, ~30 ms) now,
+        off the start-up's critical path, rather than for its first client."""
+        if self._tree.http is not None:
+            self._tree.http.prepare()
+
     def _keep_server_running(self) -> None:
         """At the coming stop, leave a healthy dev server running (the daemon's `restart` handover)."""
         if self._tree.devserver is not None:

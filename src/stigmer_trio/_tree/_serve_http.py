@@ -243,8 +243,9 @@ class HttpServer:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         try:
             task_status.started(self.url)  # listening since the bind: connections queue meanwhile
-            # hypercorn (h11, h2, wsproto: ~30 ms of imports) is loaded for the first client, not before:
-            # at start-up it would delay the connection and the workers, who share this thread.
+            # hypercorn (h11, h2, wsproto: ~30 ms of imports) is loaded for the first client or by
+            # prepare() (the daemon calls it once it said ready), not before: at start-up it would
+            # delay the connection and the workers, who share this thread.
             await trio.lowlevel.wait_readable(listener.socket)
             connection, slots = self._connection_handler()
             async with trio.open_nursery() as handlers:
@@ -252,6 +253,10 @@ class HttpServer:
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
+
+    def prepare(self) -> None:
+        """Load hypercorn now (~30 ms once per process; a lifetime's own handler is then cheap)."""
+        self._connection_handler()
 
     def _connection_handler(self) -> tuple[Callable[[trio.SocketStream], Awaitable[None]], Slots]:
         """What serves one accepted connection (hypercorn's h11 protocol under our guard), and the slots
