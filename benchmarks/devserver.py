@@ -622,8 +622,8 @@ class Bench:
                 f"status.dev_server.pid is null; watched by {self.watch.method}; predicates met without "
                 f"an event: {self.watch.late}.",
                 "Probe (ours and the floor's) = TCP accept, then a fresh temporalio Client.connect + "
-                f"check_health, retried every {PROBE_POLL * 1000:g} ms; the daemon's own readiness also "
-                "runs DescribeNamespace and retries every 2 ms.",
+                f"check_health, retried every {PROBE_POLL * 1000:g} ms; the daemon's own readiness polls "
+                "TCP every 2 ms, then connects and checks health on the server's own listener.",
                 "Floor = the bare binary on a copy of the same db, same port, the runtime's dev-server "
                 "settings (DevServerConfig defaults: dynamic config, SQLite pragmas), HOME in a temp "
                 f"dir, also killed after {STABLE:g} s. `stop` exit = pidfd readable (opened before `stop`).",
