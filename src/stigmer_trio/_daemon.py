@@ -575,6 +575,50 @@ def _preload() -> None:
         gc.enable()
 
 
+class _StopRequested(BaseException):
+    """SIGTERM or SIGHUP arrived before the Trio run (and its signal receiver) began."""
+
+
+class _StartupStop:
+    """Until trio.run installs its own receiver, SIGTERM and SIGHUP raise _StopRequested in the main
+    thread (SIGINT raises KeyboardInterrupt already), so a stop that comes while the early-spawned
+    server boots and the imports run still goes through daemon_main's cleanup (which stops that
+    server) instead of killing the process and orphaning it. While `held`, one is only noted and
+    raised when released: the spawn then never loses the server it just started."""
+
+    def __init__(self) -> None:
+        self.held = False
+        self.pending: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.held:
+            self.pending = signum
+            return
+        raise _StopRequested(signum)
+
+    def release(self) -> None:
+        self.held = False
+        if self.pending is not None:
+            raise _StopRequested(self.pending)
+
+
+def _stop_on_signals_while_starting(handler: _StartupStop) -> dict[int, Any]:
+    """Install `handler` for SIGTERM and SIGHUP; the previous handlers, to restore."""
+    import signal
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        previous[int(signum)] = signal.signal(signum, handler)
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    import signal
+
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 def daemon_main(config: RuntimeConfig, notify: Notify, *, started_at: float | None = None) -> int:
     """Run the daemon in this process until stopped; returns the exit code (0 stopped by a signal or
     already running elsewhere, 1 the tree failed, 130 interrupted).
@@ -607,9 +651,13 @@ def daemon_main(config: RuntimeConfig, notify: Notify, *, started_at: float | No
         return 0
     launch = None
     status = None
+    stopper = _StartupStop()
+    previous = _stop_on_signals_while_starting(stopper)
     try:
         phases.mark("lock taken")
+        stopper.held = True
         launch = _spawn_early(config)
+        stopper.release()  # a stop during the spawn is raised here, with the server in hand
         if launch is not None:
             phases.mark("server spawned")
         _preload()
@@ -618,10 +666,14 @@ def daemon_main(config: RuntimeConfig, notify: Notify, *, started_at: float | No
 
         status = StatusFile(config)
         status.write()
+        _restore_signals(previous)  # from here on the Trio run's receiver handles them (_daemon)
         return trio.run(_daemon, config, status, notify, systemd, launch, phases)
+    except _StopRequested:  # SIGTERM / SIGHUP before the tree ran: stopped, gracefully
+        return 0
     except KeyboardInterrupt:
         return 130
     finally:
+        _restore_signals(previous)
         server = config.dev_server
         if launch is not None and not launch.claimed and server is not None:
             from ._boundary._launch import stop_unclaimed  # the tree never took it: nobody else stops it

@@ -130,6 +130,25 @@ def test_killed_during_up(stack: Stack, moment: str, delay: float) -> None:
     assert_recovers(stack, f"up, {moment} + {delay:g} s")
 
 
+def test_sigterm_while_the_daemon_imports_stops_its_early_server(stack: Stack) -> None:
+    """SIGTERM while the daemon still imports (its dev server, spawned first, boots meanwhile): the
+    daemon stops that server and leaves (exit 0) instead of dying and orphaning it; `up` says it exited
+    before it was ready, and nothing of the state dir runs afterwards."""
+    up = background(stack, *stack.up_args())
+    identity = with_daemon(stack, lambda: booting(stack), "booting")
+    server = Identity.of(int(server_record(stack)["pid"]))  # type: ignore[call-overload]
+    assert identity.signal(signal.SIGTERM)
+    out, err = up.communicate(timeout=120)
+    stack.track_state()
+    assert 1 == up.returncode, (out, err)
+    assert "exited with code 0 before it was ready" in err, err
+    wait_for(lambda: not stack.ours(), 15.0, "nothing of the state dir left after the SIGTERM")
+    assert server is not None
+    assert not server.alive()
+    assert not (stack.state_dir / "devserver.json").exists()
+    assert_recovers(stack, "up after a SIGTERM while importing")
+
+
 # --- a respawn of the dev server -----------------------------------------------------------------------
 RESPAWN_POINTS = [("server-killed", 0.0), ("new-server", 0.0), ("new-server", 0.03), ("new-server", 0.15)]
 

@@ -346,6 +346,10 @@ def spawn_server(plan: ServerPlan, lock: FileLock, log_fd: int, log_offset: int 
         except BaseException as exc:
             os.close(gate_write)  # the launcher reads EOF and exits without starting the server
             gate_write = -1
+            # ... unless "go" got through before this was raised (a signal's exception lands after the
+            # write returned): then the server runs. Our unreaped child either way: kill its group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
             proc.poll()
             remove_pid_file(plan.paths.devserver_record)
