@@ -94,15 +94,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 # --- the session's server -----------------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _check_seconds(name: str, value: float) -> float:
     """`value` if it is a finite number >= 0, else ConfigError naming `name` and the value."""
     from ._boundary._process import check_timeout
@@ -140,10 +131,12 @@ class TemporalServer:
 
     def start(self) -> None:
         """`up --detach`: returns once the server is ready; RuntimeError with the daemon's words if not."""
+        from ._boundary._launch import free_port
+
         config = self.root / "daemon.toml"
         config.write_text(_DAEMON_CONFIG)
         for _attempt in range(3):  # a free port can be taken by someone else before the server binds it
-            self.port = _free_port()
+            self.port = free_port(ui=True)  # its daemon serves the Web UI at port + 1000
             result = self._cli(
                 "up", "--detach", "--config", str(config), "--port", str(self.port), timeout=_UP_TIMEOUT
             )

@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import attrs
 import psutil
 import pytest
 
+from stigmer_trio._boundary._launch import free_port as launch_free_port
+
 RECOVERY = 15.0  # generous upper bound for "it recovered"
 TEMPORAL = Path(sys.executable).parent / "temporal"
 CLI_TIMEOUT = 60.0  # seconds any single CLI call may take before the test fails
@@ -37,17 +38,8 @@ _CREATE_TIME_TOLERANCE = 0.011
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody uses right now, and nor its port + 1000: a dev server on it
-    serves its Web UI there by default (ephemeral ports stay below 61000, so that is at most 62000)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-            if port + 1000 > 65535:
-                continue
-            with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_STREAM) as ui:
-                ui.bind(("127.0.0.1", port + 1000))
-                return port
+    """A TCP port on 127.0.0.1 that nobody uses right now, and nor its port + 1000 (the Web UI's)."""
+    return launch_free_port(ui=True)
 
 
 def http_get(url: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:

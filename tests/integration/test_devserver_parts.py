@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from stigmer_trio._boundary._launch import check_port_free, find_binary, free_port
 from stigmer_trio._core._errors import DevServerError, PortInUse
 from stigmer_trio._observe._logfiles import RotatingLog
-from stigmer_trio._tree._serve_devserver import _last_error_line, check_port_free, find_binary, free_port
+from stigmer_trio._tree._serve_devserver import _last_error_line
 
 pytestmark = pytest.mark.integration
 
@@ -123,8 +124,9 @@ class TestSpawnedServer:
         import trio
 
         from stigmer_trio import DevServerConfig, ServerExited, ServerListening, ServerReady
+        from stigmer_trio._boundary._launch import Launch
         from stigmer_trio._boundary._process import ProcessIdentity
-        from stigmer_trio._tree._serve_devserver import DevServer, Launch, ServerInfo
+        from stigmer_trio._tree._serve_devserver import DevServer, ServerInfo
 
         class AlwaysUp:  # the bridge's readiness and health probes: a `sleep` answers them all
             async def connect(self, *args: Any, **kwargs: Any) -> str:

@@ -21,6 +21,7 @@ from harness import TEMPORAL, Identity, Stack, free_port, wait_for, wait_gone
 
 from stigmer_trio import ConnectionConfig, DevServerConfig
 from stigmer_trio._boundary._holdings import listens_on
+from stigmer_trio._boundary._launch import server_env
 from stigmer_trio._boundary._statefiles import FileLock, PidRecord, ensure_state_dir, write_pid_file
 from stigmer_trio._core._errors import DevServerError
 from stigmer_trio._core._events import ConnectionState, ServerReady
@@ -28,7 +29,7 @@ from stigmer_trio._core._layout import StateLayout
 from stigmer_trio._tree._cell import ConnectionCell
 from stigmer_trio._tree._hub import EventHub
 from stigmer_trio._tree._serve_connection import serve_connection
-from stigmer_trio._tree._serve_devserver import DevServer, server_env
+from stigmer_trio._tree._serve_devserver import DevServer
 
 pytestmark = pytest.mark.integration
 
@@ -195,7 +196,7 @@ class TestServerProcessHygiene:
     def test_an_existing_loose_db_is_made_private(self, tmp_path: Path) -> None:
         """A db and -wal left 0644 (an older version, a copy) are 0600 once a server is spawned on them;
         a symlink beside them is not followed (its target keeps its mode)."""
-        from stigmer_trio._tree._serve_devserver import tighten_db_files
+        from stigmer_trio._boundary._launch import tighten_db_files
 
         db = tmp_path / "temporal.db"
         wal = tmp_path / "temporal.db-wal"

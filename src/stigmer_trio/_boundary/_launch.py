@@ -110,11 +110,20 @@ def find_binary(configured: Path | None) -> Path:
     )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(*, ui: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that nobody uses right now; with `ui`, its port + 1000 too: a dev server
+    on it serves its Web UI there by default (ephemeral ports stay below 61000, so at most 62000)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if not ui:
+            return port
+        if port + 1000 > 65535:
+            continue
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_STREAM) as side:
+            side.bind(("127.0.0.1", port + 1000))
+            return port
 
 
 def _port_holder(port: int) -> str:
@@ -367,16 +376,16 @@ def stop_unclaimed(launch: Launch, layout: StateLayout, timeout: float) -> None:
     SIGTERM its group, `timeout` for its exit, SIGKILL; then its record goes. Our unreaped child: its
     pid and group cannot have been reused."""
     proc = launch.proc
+    if not isinstance(proc, ChildProcess):  # spawn_server's: waited on without trio
+        raise TypeError(f"not a server spawn_server started: {proc!r}")
     if proc.poll() is None:
         for sig in (signal.SIGTERM, signal.SIGCONT):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
                 break
-        waited = proc.wait_blocking(timeout) if isinstance(proc, ChildProcess) else None
-        if waited is None and proc.poll() is None:
+        if proc.wait_blocking(timeout) is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            if isinstance(proc, ChildProcess):
-                proc.wait_blocking(timeout)
+            proc.wait_blocking(timeout)
     remove_pid_file(layout.devserver_record)

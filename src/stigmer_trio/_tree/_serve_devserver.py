@@ -33,19 +33,7 @@ import attrs
 import trio
 
 from .._boundary._holdings import holds_file, listens_on
-from .._boundary._launch import (
-    GATE,
-    SHELL,
-    Launch,
-    ServerPlan,
-    ServerProcess,
-    check_port_free,
-    find_binary,
-    free_port,
-    server_env,
-    spawn_server,
-    tighten_db_files,
-)
+from .._boundary._launch import GATE, SHELL, Launch, ServerPlan, ServerProcess, spawn_server
 from .._boundary._process import ProcessIdentity, Verdict, live_identity, stop_process_group_async
 from .._boundary._statefiles import (
     FileLock,
@@ -66,18 +54,7 @@ if TYPE_CHECKING:
     from .._boundary import _temporal
     from .._boundary._bridge import Bridge
 
-__all__ = [  # the launcher's names too: spawning lives in _boundary/_launch.py, tests import them here
-    "DevServer",
-    "Launch",
-    "ServerInfo",
-    "ServerProcess",
-    "check_port_free",
-    "find_binary",
-    "free_port",
-    "proof_problem",
-    "server_env",
-    "tighten_db_files",
-]
+__all__ = ["DevServer", "ServerInfo", "proof_problem"]
 
 _POLL_READY = 0.002  # seconds between readiness attempts (connect fails in ~1 ms while nothing listens)
 _ROTATE_CHECK = 1.0  # seconds between log size checks
