@@ -23,7 +23,6 @@ import math
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from stigmer_trio._boundary._launch import free_port as launch_free_port
 
 if TYPE_CHECKING:
     import trio
@@ -57,18 +58,7 @@ def run_root(root: Path | None, prefix: str) -> Path:
 def free_port() -> int:
     """A free port on 127.0.0.1 whose port + 1000 is free too: a dev server spawned by the runtime serves
     its Web UI there by default."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-            if port + 1000 > 65535:
-                continue
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as ui:
-                    ui.bind(("127.0.0.1", port + 1000))
-            except OSError:
-                continue
-            return port
+    return launch_free_port(ui=True)
 
 
 def pct(values: Sequence[float], q: float) -> float:

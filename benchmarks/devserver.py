@@ -79,7 +79,6 @@ window = 60.0
 KILL_DETECTED = "SIGKILL server -> crash detected"
 HEALTHY = "SIGKILL -> healthy again (ready + own probe OK)"
 READYZ = "SIGKILL -> /readyz 200 again (polled every 10 ms)"
-BYTECODE_NOTE: list[bool] = []  # whether PYTHONDONTWRITEBYTECODE was taken out of the environment
 READYZ_POLL = 0.01  # s between /readyz requests after a SIGKILL (a probe's view, e.g. Kubernetes')
 FLOOR_KILL = "FLOOR bare binary: SIGKILL -> reaped -> respawn -> probe OK"
 FLOOR_BOOT = "FLOOR bare binary: spawn -> probe OK, db closed cleanly"
@@ -288,6 +287,7 @@ class Bench:
         self.samples: dict[str, list[float]] = {}
         self.notes: list[str] = []
         self.load_before = os.getloadavg()
+        self.bytecode_unset = False  # PYTHONDONTWRITEBYTECODE was taken out of the environment (main)
 
     # --- helpers -----------------------------------------------------------------------------------
     def add(self, name: str, seconds: float) -> None:
@@ -613,7 +613,9 @@ class Bench:
                 f"state dir {self.state} (real clock, time.perf_counter); port {self.port}; load average "
                 f"(1 min) {self.load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after.",
                 "Bytecode caches: on for every command and floor"
-                + (" (PYTHONDONTWRITEBYTECODE was set here: unset for them)." if any(BYTECODE_NOTE) else "."),
+                + (
+                    " (PYTHONDONTWRITEBYTECODE was set here: unset for them)." if self.bytecode_unset else "."
+                ),
                 "Daemon config: [dev_server] ui = false (headless, like the floor); [dev_server.restart] "
                 "initial_delay 0, jitter 0, reset_after 1.0, "
                 f"max_restarts 1000; each server ran {STABLE:g} s (> reset_after) before its SIGKILL, "
@@ -648,7 +650,7 @@ def main() -> int:
     # (An environment with PYTHONDONTWRITEBYTECODE=1 makes every start compile the package's modules from
     # source, ~40-60 ms, in the measured commands and in the import floor alike.) The first, fresh-db
     # `up` writes the caches; the existing-db rounds and the floors use them.
-    BYTECODE_NOTE.append(os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None)
+    bytecode_unset = os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None
 
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -657,6 +659,7 @@ def main() -> int:
         signal.signal(sig, interrupted)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     bench = Bench(args.rounds)
+    bench.bytecode_unset = bytecode_unset
     code = 0
     try:
         bench.run(args.only)
