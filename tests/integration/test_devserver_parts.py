@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -114,61 +116,92 @@ class TestErrorLine:
         assert "(no output)" == _last_error_line("")
 
 
+class AlwaysUp:
+    """The bridge's readiness and health probes, all answered: what runs is a `sleep`."""
+
+    async def connect(self, *args: Any, **kwargs: Any) -> str:
+        return "client"
+
+    async def check_health(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def a_spawned_sleep(tmp_path: Path, spawned_ago: float = 0.0, **settings: Any) -> AsyncIterator[Any]:
+    """A DevServer handed a `sleep` as its spawned server (spawned `spawned_ago` s before), a listener on
+    its port for the TCP check: (server, the process, its events). The process is killed at the end."""
+    import psutil
+    import trio
+
+    from stigmer_trio import DevServerConfig
+    from stigmer_trio._boundary._launch import Launch
+    from stigmer_trio._boundary._process import ProcessIdentity
+    from stigmer_trio._tree._serve_devserver import DevServer
+
+    port = free_port()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        proc = await trio.lowlevel.open_process(["sleep", "30"], start_new_session=True)
+        try:
+            identity = ProcessIdentity(proc.pid, psutil.Process(proc.pid).create_time(), ("sleep", "30"))
+            events: list[Any] = []
+            launch = Launch(proc, identity, {"grpc": port, "http": 1, "metrics": 2})
+            launch.spawned_at -= spawned_ago
+            server = DevServer(
+                DevServerConfig(port=port, **settings),
+                tmp_path,
+                on_event=events.append,
+                spawned=launch,
+                bridge=AlwaysUp(),  # type: ignore[arg-type]
+            )
+            yield server, proc, events
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+
 class TestSpawnedServer:
     async def test_first_lifetime_serves_the_spawned_server(self, tmp_path: Path) -> None:
         """DevServer(spawned=...) serves a server started before it (no spawn, no lock of its own): it is
         ready like one it spawned (ServerListening, then ServerReady), and its exit ends the lifetime with
         the exit code."""
-
-        import psutil
         import trio
 
-        from stigmer_trio import DevServerConfig, ServerExited, ServerListening, ServerReady
-        from stigmer_trio._boundary._launch import Launch
-        from stigmer_trio._boundary._process import ProcessIdentity
-        from stigmer_trio._tree._serve_devserver import DevServer, ServerInfo
+        from stigmer_trio import ServerExited, ServerListening, ServerReady
+        from stigmer_trio._tree._serve_devserver import ServerInfo
 
-        class AlwaysUp:  # the bridge's readiness and health probes: a `sleep` answers them all
-            async def connect(self, *args: Any, **kwargs: Any) -> str:
-                return "client"
+        started: list[ServerInfo] = []
+        async with a_spawned_sleep(tmp_path) as (server, proc, events):
 
-            async def check_health(self, *args: Any, **kwargs: Any) -> None:
-                pass
+            class Started:
+                def started(self, value: ServerInfo) -> None:
+                    started.append(value)
+                    proc.kill()  # the spawned server dies once it was served
 
-        port = free_port()
-        with socket.socket() as listener:  # what answers the readiness check's TCP connect
-            listener.bind(("127.0.0.1", port))
-            listener.listen()
-            proc = await trio.lowlevel.open_process(["sleep", "30"], start_new_session=True)
-            try:
-                identity = ProcessIdentity(proc.pid, psutil.Process(proc.pid).create_time(), ("sleep", "30"))
-                events: list[Any] = []
-                ports = {"grpc": port, "http": 1, "metrics": 2}
-                server = DevServer(
-                    DevServerConfig(port=port),
-                    tmp_path,
-                    on_event=events.append,
-                    spawned=Launch(proc, identity, ports),
-                    bridge=AlwaysUp(),  # type: ignore[arg-type]
-                )
-                started: list[ServerInfo] = []
-
-                class Started:
-                    def started(self, value: ServerInfo) -> None:
-                        started.append(value)
-                        proc.kill()  # the spawned server dies once it was served
-
-                with trio.fail_after(10), pytest.raises(DevServerError, match="exited with code -9"):
-                    await server.serve(task_status=Started())  # type: ignore[arg-type]
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                await proc.wait()
+            with trio.fail_after(10), pytest.raises(DevServerError, match="exited with code -9"):
+                await server.serve(task_status=Started())
         assert [(proc.pid, False)] == [(info.pid, info.adopted) for info in started]
         assert [ServerListening, ServerReady, ServerExited] == [type(e) for e in events]
         assert (proc.pid, -9) == (events[0].pid, events[2].returncode)
         assert not (tmp_path / "devserver.json").exists()
         assert not (tmp_path / "devserver.lock").exists()  # it took no lock: the spawner holds it
+
+    async def test_start_timeout_counts_from_the_spawn(self, tmp_path: Path) -> None:
+        """start_timeout bounds spawn -> ready, also for a server spawned before the lifetime began (the
+        daemon's, which boots during the imports): one spawned longer ago than that fails at once, even
+        though it answers, and is stopped."""
+        import trio
+
+        async with a_spawned_sleep(tmp_path, spawned_ago=5.0, start_timeout=1.0) as (server, proc, events):
+            with (
+                trio.fail_after(10),
+                pytest.raises(DevServerError, match=r"not ready within start_timeout=1 s"),
+            ):
+                await server.serve()
+            assert proc.returncode is not None  # a server that failed to start is killed
+        assert "ServerReady" not in [type(e).__name__ for e in events]
 
 
 class TestReadiness:

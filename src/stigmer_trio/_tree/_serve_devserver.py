@@ -309,7 +309,7 @@ class DevServer:
         kill = False  # a hung or failed server gets SIGKILL at once: a grace period helps nobody
         try:
             try:
-                client = await self._wait_ready(address, proc)
+                client = await self._wait_ready(address, proc, launch.spawned_at)
             except DevServerError as exc:
                 reason, kill = f"failed to start: {exc}", True
                 raise
@@ -344,13 +344,15 @@ class DevServer:
         if not alive:
             self._emit(ServerExited(address, proc.pid, proc.returncode, reason))
 
-    async def _wait_ready(self, address: str, proc: ServerProcess) -> _temporal.Client:
-        """Ready = TCP accept AND check_health AND the listener is `proc`'s own (see _ready_checks)."""
+    async def _wait_ready(self, address: str, proc: ServerProcess, spawned_at: float) -> _temporal.Client:
+        """Ready = TCP accept AND check_health AND the listener is `proc`'s own (see _ready_checks),
+        within start_timeout of the spawn (`spawned_at`, time.monotonic()): a server spawned before the
+        daemon's imports has had that much of its time already."""
         temporal = self._temporal_bridge()  # imported here, not at start-up: the server boots meanwhile
         config = self.config
         last = "no answer yet"
         announced = False
-        with trio.move_on_after(config.start_timeout):
+        with trio.move_on_after(max(0.0, spawned_at + config.start_timeout - time.monotonic())):
             while True:
                 if proc.poll() is not None:
                     output = _last_error_line(self.log.tail(self._log_offset))
